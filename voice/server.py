@@ -1,0 +1,122 @@
+"""The service: one HTTP/WebSocket listener, shared models, clean shutdown.
+
+Routes: `GET /healthz` (JSON status), `GET /ws` (WebSocket sessions, see
+docs/protocol.md). Models are loaded once before listening. SIGINT/SIGTERM close
+every open session with code 1001 and stop the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from pipelines.cascade.models import CascadeModels, load_models
+from pipelines.cascade.pipeline import CascadePipeline
+from transports.websocket.protocol import CLOSE_GOING_AWAY
+from transports.websocket.server import WebSocketTransport
+from voice.clock import MONOTONIC, Clock
+from voice.errors import ProtocolError
+from voice.session import PipelineFactory, Session
+from voice.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store"), ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: HTTPStatus, data: object) -> Response:
+    return http_response(status, json.dumps(data).encode(), "application/json")
+
+
+class Service:
+    def __init__(self, settings: Settings, models: CascadeModels, clock: Clock = MONOTONIC) -> None:
+        self.settings = settings
+        self.models = models
+        self.clock = clock
+        self.websocket = WebSocketTransport(settings, self.pipeline_factory, clock)
+        self._server: Server | None = None
+
+    def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
+        name = name or "cascade"
+        if name != "cascade":
+            raise ProtocolError(f"unknown pipeline {name[:40]!r}; available: cascade",
+                                code="invalid_pipeline")
+
+        def build(session: Session) -> CascadePipeline:
+            return CascadePipeline(self.models, self.settings, session, self.clock)
+
+        return name, build
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "sessions": len(self.websocket.sessions),
+            "max_sessions": self.settings.max_sessions,
+            "pipeline": "cascade",
+            "stt": self.models.stt.name,
+            "tts": self.models.tts.name,
+            "llm": self.models.llm.name,
+        }
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return json_response(HTTPStatus.OK, self.health())
+        if path == "/ws":
+            if len(self.websocket.sessions) >= self.settings.max_sessions:
+                log.warning("refused a session: at capacity (%d)", self.settings.max_sessions)
+                return http_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"at capacity: {self.settings.max_sessions} sessions open; "
+                    "try again later\n".encode(), "text/plain")
+            return None
+        return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self.websocket.handle, self.settings.host, self.settings.port,
+            process_request=self.process_request, compression=None,
+            max_size=self.settings.max_message_bytes * 4, ping_interval=20, ping_timeout=20,
+            server_header="voice-assistant-service")
+        log.info("listening on http://%s:%d (WebSocket at ws://%s:%d/ws, health at /healthz)",
+                 self.settings.host, self.port, self.settings.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        connections = list(self.websocket.sessions.values())
+        log.info("shutting down: closing %d open session(s)", len(connections))
+        self._server.close(close_connections=False)
+        await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down")
+                               for c in connections), return_exceptions=True)
+        await self._server.wait_closed()
+        log.info("stopped")
+
+
+async def serve_forever(settings: Settings) -> None:
+    log.info("loading models (settings: %s)", settings.redacted())
+    models = await asyncio.to_thread(load_models, settings)
+    service = Service(settings, models)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()

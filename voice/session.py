@@ -1,0 +1,77 @@
+"""A session binds one transport connection to one pipeline.
+
+It owns the session's tasks (one TaskGroup: playout, event sender, pipeline), its
+outgoing event queue and its paced audio playout. Sessions share nothing but the
+loaded models, which the pipeline factory closes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from voice.audio import Int16Array
+from voice.clock import Clock
+from voice.events import Event
+from voice.playout import Playout
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline(Protocol):
+    name: str
+
+    def push_audio(self, samples: Int16Array, arrival_ns: int) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def interrupt(self, reason: str) -> None: ...
+
+
+PipelineFactory = Callable[["Session"], Pipeline]
+SendEvent = Callable[[Event], Awaitable[None]]
+SendAudio = Callable[[bytes], Awaitable[None]]
+
+
+def new_session_id() -> str:
+    return "sess_" + secrets.token_hex(8)
+
+
+class Session:
+    def __init__(self, sample_rate: int, send_event: SendEvent, send_audio: SendAudio,
+                 clock: Clock, playout_lead_ms: int, session_id: str | None = None) -> None:
+        self.id = session_id or new_session_id()
+        self.sample_rate = sample_rate
+        self.clock = clock
+        self.playout = Playout(send_audio, sample_rate, clock, lead_ms=playout_lead_ms)
+        self._send_event = send_event
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.pipeline: Pipeline | None = None
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for the client; never blocks the caller."""
+        self._events.put_nowait(event)
+
+    def push_audio(self, samples: Int16Array) -> None:
+        if self.pipeline is not None and samples.size:
+            self.pipeline.push_audio(samples, self.clock.now_ns())
+
+    async def run(self, factory: PipelineFactory) -> None:
+        self.pipeline = factory(self)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.playout.run(), name=f"{self.id}-playout")
+            tg.create_task(self._send_events(), name=f"{self.id}-events")
+            tg.create_task(self.pipeline.run(), name=f"{self.id}-pipeline")
+
+    async def _send_events(self) -> None:
+        while True:
+            event = await self._events.get()
+            await self._send_event(event)
+
+    async def flush_events(self) -> None:
+        """Send whatever events are still queued (before a close)."""
+        while not self._events.empty():
+            await self._send_event(self._events.get_nowait())

@@ -1,0 +1,136 @@
+"""One typed settings object, read from CLI flags and the environment in one place.
+
+Precedence: command-line flag > environment variable > default. Every field has an
+environment name (`VOICE_<NAME>`, except the standard `OPENAI_BASE_URL` and
+`OPENAI_API_KEY`) and a flag (`--name-with-dashes`). `voice settings` prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voice.errors import ConfigError
+
+SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000, 48000)
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant on a live call. Answer in one to three short "
+    "spoken sentences. No lists, no markdown, no emoji."
+)
+
+
+def _opt(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "env": env, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _opt("127.0.0.1", "Address the HTTP/WebSocket server binds to.")
+    port: int = _opt(8000, "TCP port of the HTTP/WebSocket server.")
+    log_level: str = _opt("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+    # LLM
+    openai_base_url: str = _opt(
+        "", "OpenAI-compatible endpoint; empty with no key = built-in demo responder.",
+        env="OPENAI_BASE_URL")
+    openai_api_key: str = _opt("", "API key for the LLM endpoint.", env="OPENAI_API_KEY",
+                               secret=True)
+    llm_model: str = _opt("gpt-4o-mini", "Chat model name sent to the endpoint.")
+    system_prompt: str = _opt(DEFAULT_SYSTEM_PROMPT, "System prompt of every conversation.")
+    llm_timeout_s: float = _opt(8.0, "Seconds to wait for the LLM's first token (and between "
+                                "tokens) before the turn ends with an apology.")
+    llm_max_tokens: int = _opt(300, "Upper bound on reply tokens.")
+    # STT
+    stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.")
+    stt_device: str = _opt("cpu", "CTranslate2 device.")
+    stt_compute_type: str = _opt("int8", "CTranslate2 compute type.")
+    stt_threads: int = _opt(2, "CPU threads for speech-to-text.")
+    stt_language: str = _opt("en", "Spoken language (multilingual Whisper models).")
+    stt_no_speech_threshold: float = _opt(0.6, "Drop transcripts whose no-speech probability "
+                                          "is above this.")
+    # TTS
+    tts_voice: str = _opt("", "Piper voice .onnx path; empty = bundled en_US-joe-medium.")
+    tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.")
+    # Turn detection
+    vad_aggressiveness: int = _opt(2, "webrtcvad aggressiveness 0-3.")
+    vad_frame_ms: int = _opt(20, "VAD frame length: 10, 20 or 30 ms.")
+    min_speech_ms: int = _opt(200, "Voiced speech needed before a turn (or barge-in) starts.")
+    silence_ms: int = _opt(250, "Silence after the true end of speech that ends the turn.")
+    max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
+    # Sessions and limits
+    max_sessions: int = _opt(20, "Concurrent sessions; more are refused with HTTP 503.")
+    max_message_bytes: int = _opt(131072, "Largest client WebSocket message accepted.")
+    idle_timeout_s: float = _opt(60.0, "Close a session whose client sent nothing this long.")
+    playout_lead_ms: int = _opt(200, "How far ahead of real time reply audio is sent.")
+
+    @classmethod
+    def env_name(cls, f: dataclasses.Field[Any]) -> str:
+        return str(f.metadata.get("env") or f"VOICE_{f.name.upper()}")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            parser.add_argument(flag, dest=f.name, type=str, default=None,
+                                help=f"{f.metadata['help']} [env {cls.env_name(f)}]")
+
+    @classmethod
+    def load(cls, args: argparse.Namespace | None = None,
+             environ: Mapping[str, str] | None = None) -> Settings:
+        environ = environ or {}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = getattr(args, f.name, None) if args is not None else None
+            if raw is None and cls.env_name(f) in environ:
+                raw = environ[cls.env_name(f)]
+            if raw is None:
+                continue
+            values[f.name] = _convert(f, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (0 <= self.vad_aggressiveness <= 3, "vad_aggressiveness must be 0-3"),
+            (self.vad_frame_ms in (10, 20, 30), "vad_frame_ms must be 10, 20 or 30"),
+            (0 < self.port < 65536, "port must be 1-65535"),
+            (self.min_speech_ms >= self.vad_frame_ms, "min_speech_ms below one VAD frame"),
+            (self.silence_ms >= self.vad_frame_ms, "silence_ms below one VAD frame"),
+            (self.max_sessions >= 1, "max_sessions must be at least 1"),
+            (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
+            (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
+            (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings for logs: secrets replaced by a marker."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else value
+        return out
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = "(bundled)" if f.default == "" else f.default
+            if f.name == "system_prompt":
+                default = "(short voice-assistant prompt)"
+            rows.append(f"| `--{f.name.replace('_', '-')}` | `{cls.env_name(f)}` | "
+                        f"`{default}` | {f.metadata['help']} |")
+        return "\n".join(rows)
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = {"int": int, "float": float}.get(str(f.type), str)
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{f.name}: cannot read {raw!r} as {kind.__name__}") from exc

@@ -1,0 +1,194 @@
+"""Turn detection: a sans-I/O state machine over 16 kHz frames.
+
+Theory of operation. Frames arrive with the monotonic time the transport received
+them. While idle the detector keeps a short pre-roll and waits for `min_speech_ms` of
+speech-like frames (webrtcvad + energy gate, see `voice.vad`) within a short window;
+then the turn starts at the first of them. During a turn it tracks the *true* end of
+speech: the end of the last speech-like frame. Silence is counted in audio time from
+there, so webrtcvad's hangover does not lengthen the wait. The first silent frame
+reports `SpeechPaused` (the moment to start transcribing speculatively); speech after
+it reports `SpeechResumed`; when the end-of-turn policy's wait has passed the turn
+ends with `TurnEnded` carrying the audio up to the true end.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from voice.audio import PIPELINE_RATE, Int16Array
+from voice.vad import FrameClassifier, FrameVerdict
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    speech_start_ns: int
+
+
+@dataclass(frozen=True)
+class SpeechPaused:
+    speech_end_ns: int
+    audio: Int16Array  # the turn so far, up to the true end of speech
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    pass
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    audio: Int16Array
+    speech_start_ns: int
+    speech_end_ns: int
+    turn_end_ns: int
+    forced: bool = False  # cut at max_turn_s rather than ended by silence
+
+
+TurnEvent = TurnStarted | SpeechPaused | SpeechResumed | TurnEnded
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    speech_ms: float  # length of the turn from its start to the true end of speech
+    silence_ms: float  # silence since the true end of speech
+
+
+class EndOfTurnPolicy(Protocol):
+    def required_silence_ms(self, context: TurnContext) -> float: ...
+
+
+@dataclass(frozen=True)
+class FixedSilence:
+    silence_ms: float
+
+    def required_silence_ms(self, context: TurnContext) -> float:
+        return self.silence_ms
+
+
+class TurnDetector:
+    PREROLL_MS = 300
+    ONSET_GAP_MS = 120  # a gap longer than this inside a candidate onset restarts it
+
+    def __init__(self, classifier: FrameClassifier, policy: EndOfTurnPolicy,
+                 min_speech_ms: int, max_turn_s: float) -> None:
+        self._classifier = classifier
+        self._policy = policy
+        self._frame_ms = classifier.frame_ms
+        self._min_speech_frames = max(1, min_speech_ms // self._frame_ms)
+        self._max_turn_frames = int(max_turn_s * 1000 / self._frame_ms)
+        self._preroll: deque[tuple[Int16Array, int]] = deque(
+            maxlen=self.PREROLL_MS // self._frame_ms)
+        self._onset_frames = 0
+        self._onset_gap = 0
+        self._onset_start_ns = 0
+        self._onset_index = 0  # index in the pre-roll where the onset began
+        self._in_turn = False
+        self._frames: list[Int16Array] = []
+        self._speech_end_index = 0  # frames[:index] is the turn up to the true end
+        self._speech_end_ns = 0
+        self._speech_start_ns = 0
+        self._paused = False
+        self._peak_db: float | None = None
+
+    @property
+    def in_turn(self) -> bool:
+        return self._in_turn
+
+    @property
+    def frame_samples(self) -> int:
+        return self._classifier.frame_samples
+
+    def push(self, frame: Int16Array, arrival_ns: int) -> list[TurnEvent]:
+        verdict = self._classifier.classify(frame, self._peak_db)
+        if not self._in_turn:
+            return self._push_idle(frame, arrival_ns, verdict)
+        return self._push_in_turn(frame, arrival_ns, verdict)
+
+    def _push_idle(self, frame: Int16Array, arrival_ns: int,
+                   verdict: FrameVerdict) -> list[TurnEvent]:
+        self._preroll.append((frame, arrival_ns))
+        if verdict.speech_like:
+            if self._onset_frames == 0:
+                self._onset_start_ns = arrival_ns
+            self._onset_frames += 1
+            self._onset_gap = 0
+        elif self._onset_frames:
+            self._onset_gap += 1
+            if self._onset_gap * self._frame_ms > self.ONSET_GAP_MS:
+                self._onset_frames = 0
+        if not self._onset_frames:
+            self._classifier.learn_background(verdict)
+            return []
+        if self._onset_frames < self._min_speech_frames:
+            return []
+        return [self._start_turn(arrival_ns, verdict)]
+
+    def _start_turn(self, arrival_ns: int, verdict: FrameVerdict) -> TurnStarted:
+        self._in_turn = True
+        self._frames = [f for f, _ in self._preroll]
+        self._preroll.clear()
+        self._speech_end_index = len(self._frames)
+        self._speech_end_ns = arrival_ns
+        self._speech_start_ns = self._onset_start_ns
+        self._paused = False
+        self._peak_db = verdict.level_db
+        self._onset_frames = 0
+        return TurnStarted(speech_start_ns=self._onset_start_ns)
+
+    def _push_in_turn(self, frame: Int16Array, arrival_ns: int,
+                      verdict: FrameVerdict) -> list[TurnEvent]:
+        self._frames.append(frame)
+        events: list[TurnEvent] = []
+        if verdict.speech_like:
+            self._peak_db = max(self._peak_db or verdict.level_db, verdict.level_db)
+            self._speech_end_index = len(self._frames)
+            self._speech_end_ns = arrival_ns
+            if self._paused:
+                self._paused = False
+                events.append(SpeechResumed())
+        else:
+            if not self._paused:
+                self._paused = True
+                events.append(SpeechPaused(self._speech_end_ns, self.audio_to_speech_end()))
+            context = TurnContext(
+                speech_ms=self._speech_end_index * self._frame_ms,
+                silence_ms=(len(self._frames) - self._speech_end_index) * self._frame_ms,
+            )
+            if context.silence_ms >= self._policy.required_silence_ms(context):
+                events.append(self._end_turn(arrival_ns, forced=False))
+                return events
+        if len(self._frames) >= self._max_turn_frames:
+            events.append(self._end_turn(arrival_ns, forced=True))
+        return events
+
+    def _end_turn(self, now_ns: int, forced: bool) -> TurnEnded:
+        audio = self.audio_to_speech_end() if not forced else np.concatenate(self._frames)
+        ended = TurnEnded(audio=audio, speech_start_ns=self._speech_start_ns,
+                          speech_end_ns=self._speech_end_ns if not forced else now_ns,
+                          turn_end_ns=now_ns, forced=forced)
+        self._in_turn = False
+        self._frames = []
+        self._peak_db = None
+        return ended
+
+    def audio_to_speech_end(self) -> Int16Array:
+        if not self._frames:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(self._frames[: self._speech_end_index])
+
+    def silence_frame(self) -> Int16Array:
+        return np.zeros(self.frame_samples, dtype=np.int16)
+
+
+def frames_of(samples: Int16Array, frame_samples: int) -> tuple[list[Int16Array], Int16Array]:
+    """Split samples into whole frames; return the frames and the leftover tail."""
+    whole = len(samples) // frame_samples * frame_samples
+    frames = [samples[i: i + frame_samples] for i in range(0, whole, frame_samples)]
+    return frames, samples[whole:]
+
+
+assert PIPELINE_RATE == 16000
