@@ -85,3 +85,17 @@ def rms_dbfs(samples: Int16Array) -> float:
     if mean_square <= 0.0:
         return -100.0
     return max(-100.0, 10.0 * np.log10(mean_square / (32768.0**2)))
+
+
+def trim_leading_silence(samples: Int16Array, sample_rate: int, threshold: int = 200,
+                         keep_ms: int = 10) -> Int16Array:
+    """Drop the near-silent start of synthesized speech, keeping `keep_ms` before it.
+
+    TTS voices open with ~50 ms of silence; on a reply's first piece that is latency
+    the caller hears as nothing.
+    """
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    if loud.size == 0:
+        return samples
+    start = max(0, int(loud[0]) - sample_rate * keep_ms // 1000)
+    return samples[start:]

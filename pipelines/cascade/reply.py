@@ -18,7 +18,7 @@ from pipelines.cascade.llm import Message
 from pipelines.cascade.models import CascadeModels
 from pipelines.cascade.sentences import SentenceSplitter, clean_for_speech
 from pipelines.cascade.stt import hallucination_reason
-from voice.audio import Int16Array, array_to_pcm16_bytes, resample
+from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
 from voice.clock import Clock
 from voice.errors import ProviderError, VoiceError
 from voice.events import (
@@ -175,6 +175,8 @@ class Reply:
         self._mark("tts_first_text")
         tts = self.ctx.models.tts
         samples = await tts.synthesize(spoken)
+        if not self.timeline.has("tts_first_audio"):
+            samples = trim_leading_silence(samples, tts.sample_rate)
         self._mark("tts_first_audio")
         pcm = array_to_pcm16_bytes(resample(samples, tts.sample_rate, self.ctx.io.sample_rate))
         self._put(_Speech(text if record else "", pcm))

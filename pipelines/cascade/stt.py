@@ -76,6 +76,23 @@ def hallucination_reason(t: Transcript, no_speech_threshold: float) -> str | Non
     return None
 
 
+def cut_repetition(ids: list[int], min_span: int = 4) -> list[int]:
+    """Cut a decode where a span of >= `min_span` tokens repeats right after itself.
+
+    On a window trimmed to the speech, Whisper's decoder sometimes does not stop at
+    the end and starts the utterance (or its tail) over again.
+    """
+    for i in range(len(ids)):
+        for span in range(min_span, (len(ids) - i) // 2 + 1):
+            if ids[i: i + span] == ids[i + span: i + 2 * span]:
+                return ids[: i + span]
+    # the opening starting over, cut short by max_length: the tail is a prefix
+    for start in range(min_span, len(ids) - 1):
+        if ids[start:] == ids[: len(ids) - start]:
+            return ids[:start]
+    return ids
+
+
 class WhisperSTT:
     """faster-whisper model shared by all sessions; calls run on one worker thread."""
 
@@ -131,11 +148,11 @@ class WhisperSTT:
         padded = np.concatenate([samples, np.zeros(int(pad * PIPELINE_RATE), np.float32)])
         features = self._model.feature_extractor(padded, padding=0)
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
-        max_length = min(224, int(8 * seconds) + 16)
+        max_length = min(224, int(6 * seconds) + 12)
         result = self._model.model.generate(
             view, [self._prompt], beam_size=1, max_length=max_length, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])[0]
-        ids = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        ids = cut_repetition([t for t in result.sequences_ids[0] if t < self._tokenizer.eot])
         return Transcript(text=self._tokenizer.decode(ids).strip(),
                           no_speech_prob=float(result.no_speech_prob),
                           avg_logprob=float(result.scores[0]), audio_ms=seconds * 1000)

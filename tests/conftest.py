@@ -1,0 +1,29 @@
+"""Shared fixtures: the test utterances, a Whisper model to transcribe replies back."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def utterances() -> dict[str, dict[str, str]]:
+    data: dict[str, dict[str, str]] = json.loads((DATA / "utterances.json").read_text())
+    for entry in data.values():
+        entry["path"] = str(DATA / entry["file"])
+    return data
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_recall(expected: str, heard: str) -> float:
+    """Share of the expected words that appear in what was heard."""
+    want, got = words(expected), set(words(heard))
+    return sum(w in got for w in want) / max(1, len(want))
