@@ -61,6 +61,7 @@ class VoiceClient:
         self._sent_samples = 0
         self.close_code: int | None = None
         self.close_reason = ""
+        self._closed = False
 
     async def __aenter__(self) -> VoiceClient:
         await self.connect()
@@ -97,6 +98,7 @@ class VoiceClient:
         except websockets.ConnectionClosed:
             pass
         finally:
+            self._closed = True
             self.close_code = self._ws.close_code
             self.close_reason = self._ws.close_reason or ""
             async with self._changed:
@@ -108,9 +110,14 @@ class VoiceClient:
         self._play_end_ns = start + len(samples) * 1_000_000_000 // self.sample_rate
         self.record.audio.append(PlayedChunk(now, start, samples))
 
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            while not self.closed:
+                await self._changed.wait()
+
     @property
     def closed(self) -> bool:
-        return self._receiver is not None and self._receiver.done()
+        return self._closed
 
     async def send_audio(self, samples: Int16Array) -> None:
         assert self._ws is not None

@@ -1,0 +1,141 @@
+"""Bad input, LLM failures and shutdown: errors are clear, other sessions carry on."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+import websockets
+
+from clients.ws_client import VoiceClient
+from latency_tests.llm_server import ErrorStatus, Hang, LLMServer
+from pipelines.cascade.stt import WhisperSTT
+from tests.conftest import word_recall
+from tests.e2e.conftest import (
+    SERVICE_ENV,
+    RunningService,
+    converse,
+    start_service,
+    transcribe_back,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def expect_error(client: VoiceClient, code: str) -> dict[str, object]:
+    return await client.wait_for("error", timeout=5, code=code)
+
+
+async def still_alive(client: VoiceClient) -> None:
+    start = len(client.record.events)
+    await client.send_json({"type": "ping"})
+    await client.wait_for("pong", after=start, timeout=5)
+
+
+async def abuse(url: str) -> dict[str, tuple[int | None, str]]:
+    """Every kind of bad input; returns the close code and reason each session saw."""
+    closes: dict[str, tuple[int | None, str]] = {}
+    async with VoiceClient(url) as client:
+        await client.send_raw(b"\x01\x02\x03")
+        await expect_error(client, "invalid_audio")
+        await client.send_raw("this is not json")
+        await expect_error(client, "invalid_json")
+        await client.send_raw("[1, 2, 3]")
+        await expect_error(client, "invalid_message")
+        await client.send_json({"type": "no.such.thing"})
+        await expect_error(client, "unknown_type")
+        await still_alive(client)
+        await client.send_raw(b"\x00" * (int(SERVICE_ENV["VOICE_MAX_MESSAGE_BYTES"]) + 2))
+        await expect_error(client, "message_too_large")
+        await client.wait_closed()
+        closes["too_large"] = (client.close_code, client.close_reason)
+    async with VoiceClient(url) as client:
+        await expect_error(client, "idle_timeout")
+        await client.wait_closed()
+        closes["idle"] = (client.close_code, client.close_reason)
+    bad_rate = VoiceClient(url, sample_rate=44100)
+    with pytest.raises(ConnectionError):
+        await bad_rate.connect()
+    assert bad_rate.record.events[0]["code"] == "invalid_sample_rate"
+    closes["sample_rate"] = (bad_rate.close_code, bad_rate.close_reason)
+    return closes
+
+
+async def test_bad_input_gets_clear_errors_while_another_session_goes_on(
+        service: RunningService, fresh_llm: LLMServer,
+        utterances: dict[str, dict[str, str]]) -> None:
+    fresh_llm.behaviour.reply = "Fine."
+    async with VoiceClient(service.url) as good:
+        conversation = asyncio.create_task(converse(good, utterances["train"]["path"]))
+        closes = await abuse(service.url)
+        done = await conversation
+        transcript = good.events_of("transcript.final")
+        assert len(transcript) == 1
+        assert word_recall(utterances["train"]["text"], transcript[0]["text"]) >= 0.8
+        assert done["text"] == "Fine."
+        assert good.events_of("error") == []
+    assert closes["too_large"][0] == 1009
+    assert closes["idle"][0] == 4008
+    assert closes["sample_rate"][0] == 1008
+
+
+async def test_sessions_over_the_cap_are_refused_with_a_reason(service: RunningService) -> None:
+    cap = int(SERVICE_ENV["VOICE_MAX_SESSIONS"])
+    clients = [VoiceClient(service.url) for _ in range(cap)]
+    try:
+        for client in clients:
+            await client.connect()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await VoiceClient(service.url).connect()
+        assert refused.value.response.status_code == 503
+        assert b"capacity" in refused.value.response.body
+    finally:
+        for client in clients:
+            await client.close()
+
+
+@pytest.mark.parametrize("failure", ["http 500", "http 429", "hang"])
+async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
+        service: RunningService, fresh_llm: LLMServer, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]], failure: str) -> None:
+    fresh_llm.behaviour.always_fail = {
+        "http 500": ErrorStatus(500), "http 429": ErrorStatus(429), "hang": Hang()}[failure]
+    code = {"http 500": "llm_error", "http 429": "llm_rate_limited", "hang": "llm_timeout"}
+    async with VoiceClient(service.url) as client:
+        await converse(client, utterances["joke"]["path"])
+        error = client.events_of("error")
+        assert [e["code"] for e in error] == [code[failure]]
+        heard = transcribe_back(whisper, client.reply_audio(), 16000)
+        assert "sorry" in heard.lower(), heard
+
+        fresh_llm.behaviour.always_fail = None
+        fresh_llm.behaviour.reply = "Here is one about computers."
+        mark = len(client.record.audio)
+        done = await converse(client, utterances["name"]["path"])
+        assert done["text"] == "Here is one about computers."
+        assert len(client.events_of("error")) == 1
+        later = [c.samples for c in client.record.audio[mark:]]
+        assert later, "no reply audio on the turn after the failure"
+        # the failed turn is not in the history as an assistant answer
+        history = fresh_llm.requests[-1]["messages"]
+        assert [m["role"] for m in history] == ["system", "user", "user"]
+
+
+async def test_sigterm_closes_open_sessions_with_1001(
+        llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    service = start_service(tmp_path_factory.mktemp("shutdown"),
+                            {"OPENAI_BASE_URL": llm.base_url}, name="shutdown")
+    try:
+        async with VoiceClient(service.url) as first, VoiceClient(service.url) as second:
+            await first.stream_silence(0.2)
+            service.process.send_signal(signal.SIGTERM)
+            await first.wait_closed()
+            await second.wait_closed()
+            assert (first.close_code, second.close_code) == (1001, 1001)
+        code = await asyncio.to_thread(service.process.wait, 20)
+        assert code == 0
+        assert "shutting down: closing 2 open session(s)" in service.log()
+    finally:
+        if service.process.poll() is None:
+            service.process.kill()
