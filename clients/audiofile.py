@@ -53,7 +53,7 @@ def voiced_bounds(samples: Int16Array, sample_rate: int,
     level = 10 * np.log10(np.mean(windows**2, axis=1) + 1e-9)
     active = level > max(level.max() - relative_db, 10 * np.log10(32768.0**2) - 70)
     regions: list[tuple[int, int]] = []
-    for i in np.flatnonzero(active):
+    for i in (int(k) for k in np.flatnonzero(active)):
         if regions and i * step - regions[-1][1] <= 20 * step:
             regions[-1] = (regions[-1][0], (i + 1) * step)
         else:

@@ -19,7 +19,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from voice.audio import Int16Array, array_to_pcm16_bytes, pcm16_bytes_to_array
+from voice.audio import Int16Array, array_to_pcm16_bytes, pcm16_bytes_to_array, rms_dbfs
 
 AUDIBLE_DBFS = -50.0
 
@@ -176,8 +176,8 @@ class VoiceClient:
             if chunk.arrival_ns < after_ns:
                 continue
             for i in range(0, len(chunk.samples), window):
-                part = chunk.samples[i: i + window].astype(np.float64)
-                if part.size and 10 * np.log10(np.mean(part**2) / 32768.0**2 + 1e-12) > AUDIBLE_DBFS:
+                part = chunk.samples[i: i + window]
+                if part.size and rms_dbfs(part) > AUDIBLE_DBFS:
                     return chunk.play_ns + i * 1_000_000_000 // self.sample_rate
         return None
 

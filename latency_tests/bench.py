@@ -1,7 +1,170 @@
-"""`voice bench`: placeholder replaced below."""
+"""`voice bench`: client-measured voice-to-voice latency over the WebSocket transport.
+
+Streams each utterance at real-time pace in its own session and measures, on the
+client's clock, the time from sending the last voiced sample to the first audible
+reply sample (as a listener playing audio on arrival would hear it), beside the
+server's per-stage `turn.latency`. Without `--url` it starts the service itself with
+the bundled models and a local zero-delay OpenAI-compatible LLM server.
+"""
+
 from __future__ import annotations
+
 import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.audiofile import load_audio, voiced_bounds
+from clients.ws_client import VoiceClient
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data"
+LEAD_SILENCE_S = 0.5
+
+
+@dataclass
+class TurnMeasure:
+    utterance: str
+    voice_to_voice_ms: float | None
+    transcript: str
+    server_stages: dict[str, float] = field(default_factory=dict)
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--url", default=None,
+                        help="service to measure; default: start one with a zero-delay LLM")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS),
+                        help="folder with utterances.json and its WAV files")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each utterance")
+    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="extra `voice serve` flag for the started service (repeatable)")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+async def measure_one(url: str, name: str, path: Path, sample_rate: int) -> TurnMeasure:
+    audio = load_audio(path, sample_rate)
+    lead = np.zeros(int(LEAD_SILENCE_S * sample_rate), np.int16)
+    audio = np.concatenate([lead, audio])
+    regions = voiced_bounds(audio, sample_rate)
+    last_voiced = regions[-1][1] - 1 if regions else len(audio) - 1
+    async with VoiceClient(url, sample_rate) as client:
+        await client.stream(audio)
+        async with asyncio.timeout(20):
+            while not client.events_of("response.done") and not client.events_of("error"):
+                await client.stream_silence(0.1)
+    sent = client.sent_time_ns(last_voiced)
+    heard = client.first_audible_ns(sent) if sent is not None else None
+    latency = client.events_of("turn.latency")
+    transcripts = client.events_of("transcript.final")
+    return TurnMeasure(
+        utterance=name,
+        voice_to_voice_ms=None if heard is None or sent is None else (heard - sent) / 1e6,
+        transcript=transcripts[0]["text"] if transcripts else "",
+        server_stages=latency[0]["stages"] if latency else {})
+
+
+def report(measures: list[TurnMeasure]) -> str:
+    lines = [f"{'utterance':<12} {'runs':>4} {'v2v median':>11} {'v2v p95':>8}  transcript"]
+    names = list(dict.fromkeys(m.utterance for m in measures))
+    for name in names:
+        runs = [m for m in measures if m.utterance == name]
+        values = [m.voice_to_voice_ms for m in runs if m.voice_to_voice_ms is not None]
+        lines.append(f"{name:<12} {len(runs):>4} {median(values):>9.0f} ms "
+                     f"{percentile(values, 95):>5.0f} ms  {runs[-1].transcript}")
+    values = [m.voice_to_voice_ms for m in measures if m.voice_to_voice_ms is not None]
+    missing = sum(m.voice_to_voice_ms is None for m in measures)
+    lines.append("")
+    lines.append(f"client voice-to-voice over {len(values)} turns: median "
+                 f"{median(values):.0f} ms, p95 {percentile(values, 95):.0f} ms"
+                 + (f", {missing} turns without a reply" if missing else ""))
+    stage_names = list(dict.fromkeys(k for m in measures for k in m.server_stages))
+    medians = {k: median([m.server_stages[k] for m in measures if k in m.server_stages])
+               for k in stage_names}
+    lines.append("server stage medians: " + ", ".join(
+        f"{k.removesuffix('_ms')} {v:.0f}" for k, v in medians.items()) + " ms")
+    return "\n".join(lines)
+
+
 async def run_bench(args: argparse.Namespace) -> int:
-    return 1
+    corpus = Path(args.corpus)
+    manifest: dict[str, Any] = json.loads((corpus / "utterances.json").read_text())
+    async with _target(args) as url:
+        print(f"measuring {url} with {len(manifest)} utterances x {args.repeat} runs", flush=True)
+        measures: list[TurnMeasure] = []
+        for run in range(args.repeat):
+            for name, entry in manifest.items():
+                measure = await measure_one(url, name, corpus / entry["file"], args.sample_rate)
+                measures.append(measure)
+                v2v = measure.voice_to_voice_ms
+                print(f"  run {run + 1} {name:<10} "
+                      f"{'no reply' if v2v is None else f'{v2v:.0f} ms'}", flush=True)
+    print()
+    print(report(measures))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text,
+                                json.dumps([asdict(m) for m in measures], indent=1))
+    return 0 if all(m.voice_to_voice_ms is not None for m in measures) else 1
+
+
+@contextlib.asynccontextmanager
+async def _target(args: argparse.Namespace) -> AsyncIterator[str]:
+    if args.url:
+        yield args.url
+        return
+    from latency_tests.llm_server import LLMServer
+
+    async with LLMServer() as llm:
+        with _spawned_service(llm.base_url, args.serve_arg) as url:
+            yield url
+
+
+@contextlib.contextmanager
+def _spawned_service(llm_url: str, extra: list[str]) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OPENAI_BASE_URL": llm_url, "OPENAI_API_KEY": "bench",
+           "VOICE_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port), *extra], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the service exited during startup")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the service did not become healthy in 120 s")

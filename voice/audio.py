@@ -14,7 +14,8 @@ PIPELINE_RATE = 16000  # VAD and STT run at this rate, whatever the session rate
 
 def pcm16_bytes_to_array(data: bytes) -> Int16Array:
     """Little-endian 16-bit PCM to int16 samples; the length must be even."""
-    return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+    samples: Int16Array = np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)
+    return samples
 
 
 def array_to_pcm16_bytes(samples: Int16Array) -> bytes:
@@ -27,7 +28,8 @@ def int16_to_float32(samples: Int16Array) -> Float32Array:
 
 def float32_to_int16(samples: npt.NDArray[np.floating]) -> Int16Array:
     clipped = np.clip(samples, -1.0, 1.0) * 32767.0
-    return clipped.astype(np.int16)
+    converted: Int16Array = clipped.astype(np.int16)
+    return converted
 
 
 def resample(samples: Int16Array, in_rate: int, out_rate: int) -> Int16Array:
@@ -74,7 +76,8 @@ class StreamResampler:
             self._tail = padded[len(padded) - (self._TAPS - 1):]
             x = np.convolve(padded, self._fir, mode="valid").astype(np.float32)
         out = self._stream.resample_chunk(x, last=last)
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        converted: Int16Array = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return converted
 
 
 def rms_dbfs(samples: Int16Array) -> float:
@@ -84,7 +87,7 @@ def rms_dbfs(samples: Int16Array) -> float:
     mean_square = float(np.mean(np.square(samples.astype(np.float64))))
     if mean_square <= 0.0:
         return -100.0
-    return max(-100.0, 10.0 * np.log10(mean_square / (32768.0**2)))
+    return max(-100.0, 10.0 * float(np.log10(mean_square / (32768.0**2))))
 
 
 def trim_leading_silence(samples: Int16Array, sample_rate: int, threshold: int = 200,
@@ -98,4 +101,5 @@ def trim_leading_silence(samples: Int16Array, sample_rate: int, threshold: int =
     if loud.size == 0:
         return samples
     start = max(0, int(loud[0]) - sample_rate * keep_ms // 1000)
-    return samples[start:]
+    trimmed: Int16Array = samples[start:]
+    return trimmed

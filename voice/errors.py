@@ -4,7 +4,7 @@
     ├── ConfigError                 a setting is missing or invalid (startup fails)
     ├── ProtocolError               malformed input on a wire (carries a client-facing `code`)
     │   └── MessageTooLarge         a message over the documented size limit
-    ├── CapacityError               the session cap is reached
+    ├── CapacityError               the session cap is reached (close 1013)
     └── ProviderError               an STT/LLM/TTS/realtime provider failed
         ├── ProviderTimeout         it did not answer within the timeout
         └── ProviderRateLimited     it refused with a rate limit (HTTP 429)

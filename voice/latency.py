@@ -1,9 +1,11 @@
-"""Per-turn latency timeline (see ARCHITECTURE.md, "The turn timeline").
+"""Per-turn latency timeline (docs/protocol.md, "turn.latency", lists the stamps).
 
 Stamps are monotonic nanoseconds. Work done speculatively can finish before the
 stamp it follows (STT ready before the turn was confirmed), so stages are measured
 along an *effective* timeline where each stamp is at least its predecessor: every
-stage is then non-negative and the stages add up exactly to voice-to-voice.
+stage is then non-negative and the stages present add up exactly to voice-to-voice
+(a stage whose stamp is missing, such as `llm_ms` when the LLM failed and the caller
+heard an apology, is left out).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class TurnTimeline:
         stages: dict[str, float] = {}
         previous = self.stamps["speech_end"]
         for name, stamp in STAGES:
-            if stamp not in self.stamps:
-                break
+            if stamp not in self.stamps:  # e.g. no LLM token when the LLM failed
+                continue
             effective = max(self.stamps[stamp], previous)
             stages[name] = round((effective - previous) / 1e6, 1)
             previous = effective

@@ -70,7 +70,8 @@ class Playout:
                 continue
             chunk = self._queue.popleft()
             samples = len(chunk) // 2
-            self._play_end_ns = max(now, self._play_end_ns) + samples * 1_000_000_000 // self.sample_rate
+            duration_ns = samples * 1_000_000_000 // self.sample_rate
+            self._play_end_ns = max(now, self._play_end_ns) + duration_ns
             self.sent_samples += samples
             if self.on_first_send is not None:
                 callback, self.on_first_send = self.on_first_send, None

@@ -57,7 +57,8 @@ class FrameClassifier:
         threshold = max(self.floor.db + self.ABOVE_FLOOR_DB, self.ABSOLUTE_MIN_DB)
         if peak_db is not None:
             threshold = max(threshold, peak_db - self.BELOW_PEAK_DB)
-        return FrameVerdict(voiced=voiced, level_db=level, speech_like=voiced and level >= threshold)
+        speech_like = voiced and level >= threshold
+        return FrameVerdict(voiced=voiced, level_db=level, speech_like=speech_like)
 
     def learn_background(self, verdict: FrameVerdict) -> None:
         """Feed a frame known not to be part of a turn into the noise-floor estimate."""

@@ -140,7 +140,8 @@ class CascadePipeline:
         self._io.emit(SpeechStopped(turn_id=self._turn_id))
         running, speculative = self._speculation, True
         self._speculation = None
-        if running is None or running.reply.timeline.stamps["speech_end"] != event.speech_end_ns:
+        if (running is None or running.task.done()
+                or running.reply.timeline.stamps["speech_end"] != event.speech_end_ns):
             await self._cancel(running)
             running, speculative = self._start_reply(event.audio, event.speech_end_ns), False
         running.reply.release(event.turn_end_ns, speculative=speculative)
@@ -166,6 +167,8 @@ class CascadePipeline:
             await reply.run()
         except Exception:
             log.exception("turn %d: reply failed", reply.turn_id)
+            if not reply.released.is_set():
+                return  # an unconfirmed speculation leaves no trace; the turn end retries
             self._io.playout.clear()
             self._io.emit(ErrorOccurred(code="internal_error",
                                         message="the reply failed; please try again"))

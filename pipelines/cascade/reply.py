@@ -137,20 +137,29 @@ class Reply:
         except ProviderError as exc:
             log.warning("turn %d: %s failed: %s", self.turn_id, exc.provider, exc)
             self._put(_Failed(exc))
-            await self._speak(APOLOGY, record=False)
+            await self._apologize()
         self._put(_Finished())
+
+    async def _apologize(self) -> None:
+        try:
+            await self._speak(APOLOGY, record=False)
+        except ProviderError as exc:  # TTS itself is down: the error event must do
+            log.warning("turn %d: cannot speak the apology: %s", self.turn_id, exc)
 
     async def _generate(self, messages: list[Message]) -> None:
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         failure: ProviderError | None = None
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._speak_pieces(pieces), name=f"reply-{self.turn_id}-tts")
-            try:
-                await self._stream_llm(messages, pieces)
-            except ProviderError as exc:
-                failure = exc
-            finally:
-                pieces.put_nowait(None)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._speak_pieces(pieces), name=f"reply-{self.turn_id}-tts")
+                try:
+                    await self._stream_llm(messages, pieces)
+                except ProviderError as exc:
+                    failure = exc
+                finally:
+                    pieces.put_nowait(None)
+        except* ProviderError as group:  # TTS failed inside the group
+            failure = failure or next(e for e in group.exceptions if isinstance(e, ProviderError))
         if failure is not None:
             raise failure
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from clients.ws_client import VoiceClient
@@ -80,7 +78,8 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_heard(
         service: RunningService, fresh_llm: LLMServer,
         utterances: dict[str, dict[str, str]]) -> None:
     def reply(messages: list[dict[str, str]]) -> str:
-        return "Okay, Tuesday it is." if "tuesday" in messages[-1]["content"].lower() else LONG_REPLY
+        said = messages[-1]["content"].lower()
+        return "Okay, Tuesday it is." if "tuesday" in said else LONG_REPLY
 
     fresh_llm.behaviour.reply = reply
     async with VoiceClient(service.url) as client:

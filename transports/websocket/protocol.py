@@ -25,7 +25,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # the service is shutting down
 CLOSE_POLICY = 1008  # a bad session parameter (for example sample_rate)
 CLOSE_TOO_LARGE = 1009  # a message over max_message_bytes
-CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # at capacity (when the handshake check was raced)
 CLOSE_IDLE = 4008  # the client sent nothing for idle_timeout_s
 
 CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end"})
@@ -78,7 +78,7 @@ def _parse_control(text: str) -> ControlMessage:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ProtocolError(f"text message is not JSON: {exc.msg}", code="invalid_json") from exc
+        raise ProtocolError(f"text message is not JSON: {exc}", code="invalid_json") from exc
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError("text message must be a JSON object with a string 'type'",
                             code="invalid_message")

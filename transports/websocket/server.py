@@ -20,6 +20,7 @@ from transports.websocket.protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_TOO_LARGE,
+    CLOSE_TRY_AGAIN,
     AudioMessage,
     ControlMessage,
     encode_event,
@@ -28,7 +29,7 @@ from transports.websocket.protocol import (
     parse_sample_rate,
 )
 from voice.clock import Clock
-from voice.errors import MessageTooLarge, ProtocolError
+from voice.errors import CapacityError, MessageTooLarge, ProtocolError
 from voice.events import ErrorOccurred, Event, Pong, SessionCreated
 from voice.session import PipelineFactory, Session
 from voice.settings import Settings
@@ -57,7 +58,9 @@ class WebSocketTransport:
         try:
             sample_rate = parse_sample_rate(query)
             pipeline_name, factory = self._pipelines(parse_query_param(query, "pipeline"))
-        except ProtocolError as exc:
+            if len(self.sessions) >= self._settings.max_sessions:  # raced the HTTP check
+                raise CapacityError(f"at capacity: {self._settings.max_sessions} sessions open")
+        except (ProtocolError, CapacityError) as exc:
             await self._refuse(ws, exc)
             return
 
@@ -136,9 +139,10 @@ class WebSocketTransport:
         except ConnectionClosed:
             pass
 
-    async def _refuse(self, ws: ServerConnection, exc: ProtocolError) -> None:
+    async def _refuse(self, ws: ServerConnection, exc: ProtocolError | CapacityError) -> None:
+        code = CLOSE_TRY_AGAIN if isinstance(exc, CapacityError) else CLOSE_POLICY
         try:
             await ws.send(encode_event(ErrorOccurred(code=exc.code, message=exc.message)))
-            await ws.close(CLOSE_POLICY, exc.message[:120])
+            await ws.close(code, exc.message[:120])
         except ConnectionClosed:
             pass

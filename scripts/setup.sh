@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the service needs into ./.venv; with --test, also what its tests need.
+#   scripts/setup.sh          the service, its Python dependencies and bundled models
+#   scripts/setup.sh --test   the above plus test tools (pytest, ruff, mypy) and the
+#                             Debian packages the test corpus scripts use (espeak-ng, sox)
+# Debian packages are installed with apt-get when run as root; otherwise it says what
+# is missing. Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=0
+[ "${1:-}" = "--test" ] && want_tests=1
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: Python 3.11 or newer is needed (found: $("$python" --version 2>&1))" >&2
+  exit 1
+fi
+
+debs=()
+if [ "$want_tests" = 1 ]; then
+  command -v espeak-ng >/dev/null || debs+=(espeak-ng)
+  command -v sox >/dev/null || debs+=(sox)
+fi
+if [ ${#debs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages: ${debs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null
+  else
+    echo "setup: please install these packages (as root): ${debs[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+extra=""
+[ "$want_tests" = 1 ] && extra="[test]"
+echo "setup: installing the project${extra} into .venv (first time: a few minutes)"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --editable ".${extra}"
+echo "setup: done. Start the service with: .venv/bin/voice serve"

@@ -1,0 +1,72 @@
+"""Whisper hallucination guard: hallucination_reason (pipelines/cascade/stt.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.cascade.stt import Transcript, hallucination_reason
+
+pytestmark = pytest.mark.unit
+
+THRESHOLD = 0.6  # the settings default (stt_no_speech_threshold)
+
+
+def reason(text: str, no_speech: float = 0.05, logprob: float = -0.25) -> str | None:
+    return hallucination_reason(Transcript(text=text, no_speech_prob=no_speech,
+                                           avg_logprob=logprob, audio_ms=1500.0), THRESHOLD)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...", "♪", "♪♪ ♪", "!?"])
+def test_empty_or_symbol_only_text_is_dropped(text: str) -> None:
+    assert reason(text) == "empty"
+
+
+@pytest.mark.parametrize("text", ["[Music]", " [BLANK_AUDIO] ", "(upbeat music)", "♪ la la la ♪",
+                                  "*applause*"])
+def test_non_speech_annotations_are_dropped(text: str) -> None:
+    assert reason(text) == "non-speech annotation"
+
+
+def test_high_no_speech_with_low_logprob_is_dropped() -> None:
+    assert reason("I went to the store", no_speech=0.9, logprob=-0.8) == "no_speech_prob 0.90"
+
+
+def test_high_no_speech_alone_does_not_drop_a_confident_transcript() -> None:
+    assert reason("I went to the store", no_speech=0.9, logprob=-0.2) is None
+
+
+@pytest.mark.parametrize("text", ["Thank you.", "thank you", "Thanks for watching!", "Bye.",
+                                  "you"])
+def test_known_phrase_with_some_no_speech_is_dropped(text: str) -> None:
+    assert reason(text, no_speech=0.5, logprob=-0.3) == "known hallucination"
+
+
+def test_known_phrase_with_a_poor_logprob_is_dropped() -> None:
+    assert reason("Thank you.", no_speech=0.01, logprob=-0.7) == "known hallucination"
+
+
+def test_known_phrase_said_clearly_is_kept() -> None:
+    assert reason("Thank you.", no_speech=0.01, logprob=-0.2) is None
+
+
+def test_very_low_logprob_is_dropped() -> None:
+    assert reason("purple monkey dishwasher", no_speech=0.1, logprob=-1.5) == "avg_logprob -1.50"
+
+
+@pytest.mark.parametrize("text", [
+    "the the the the the the the the",
+    "I'm sorry I'm sorry I'm sorry I'm sorry I'm sorry I'm sorry",
+    "go go go go go go go go go go go go",
+])
+def test_repetition_loop_is_dropped(text: str) -> None:
+    assert reason(text) == "repetition loop"
+
+
+@pytest.mark.parametrize("text", [
+    "What's the weather like in Paris today?",
+    "Please book a table for two at seven o'clock.",
+    "No, no, I said the blue one, not the red one.",
+    "Okay, so can you tell me a joke about cats?",
+])
+def test_real_sentences_with_good_scores_pass(text: str) -> None:
+    assert reason(text, no_speech=0.02, logprob=-0.3) is None
