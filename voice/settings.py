@@ -23,7 +23,8 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 def _opt(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "env": env, "secret": secret})
+    return field(default=default, repr=not secret,
+                 metadata={"help": help, "env": env, "secret": secret})
 
 
 @dataclass(frozen=True)

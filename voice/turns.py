@@ -121,7 +121,6 @@ class TurnDetector:
             if self._onset_gap * self._frame_ms > self.ONSET_GAP_MS:
                 self._onset_frames = 0
         if not self._onset_frames:
-            self._classifier.learn_background(verdict)
             return []
         if self._onset_frames < self._min_speech_frames:
             return []

@@ -9,6 +9,7 @@ the true end of speech from which endpointing silence is counted.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import webrtcvad
@@ -24,22 +25,26 @@ class FrameVerdict:
 
 
 class NoiseFloor:
-    """A slow-rising, fast-falling estimate of the background level (dBFS)."""
+    """Background level (dBFS) by minimum statistics: the quietest frame of the last
+    `window_ms`. Speech always dips between syllables within a couple of seconds, so
+    the minimum follows the background even mid-turn, while steady noise (which
+    webrtcvad may call voiced) lifts the floor to itself within `window_ms`."""
 
-    def __init__(self, initial_db: float = -60.0, frame_ms: int = 20) -> None:
+    def __init__(self, initial_db: float = -60.0, frame_ms: int = 20,
+                 window_ms: int = 2000) -> None:
+        self._levels: deque[float] = deque([initial_db] * (window_ms // frame_ms),
+                                           maxlen=window_ms // frame_ms)
         self.db = initial_db
-        self._rise = min(1.0, frame_ms / 1500.0)  # ~1.5 s time constant upwards
-        self._fall = min(1.0, frame_ms / 60.0)  # ~60 ms downwards
 
     def update(self, level_db: float) -> None:
-        rate = self._rise if level_db > self.db else self._fall
-        self.db += rate * (level_db - self.db)
+        self._levels.append(level_db)
+        self.db = min(self._levels)
 
 
 class FrameClassifier:
     """Classifies 16 kHz mono int16 frames of 10, 20 or 30 ms."""
 
-    ABOVE_FLOOR_DB = 10.0  # speech must stand this far above the noise floor
+    ABOVE_FLOOR_DB = 6.0  # speech must stand this far above the noise floor
     BELOW_PEAK_DB = 35.0  # ... and not fall further than this below the turn's peak
     ABSOLUTE_MIN_DB = -55.0
 
@@ -53,13 +58,10 @@ class FrameClassifier:
         if frame.size != self.frame_samples:
             raise ValueError(f"frame of {frame.size} samples, expected {self.frame_samples}")
         level = rms_dbfs(frame)
+        self.floor.update(level)
         voiced = self._vad.is_speech(array_to_pcm16_bytes(frame), PIPELINE_RATE)
         threshold = max(self.floor.db + self.ABOVE_FLOOR_DB, self.ABSOLUTE_MIN_DB)
         if peak_db is not None:
             threshold = max(threshold, peak_db - self.BELOW_PEAK_DB)
         speech_like = voiced and level >= threshold
         return FrameVerdict(voiced=voiced, level_db=level, speech_like=speech_like)
-
-    def learn_background(self, verdict: FrameVerdict) -> None:
-        """Feed a frame known not to be part of a turn into the noise-floor estimate."""
-        self.floor.update(verdict.level_db)

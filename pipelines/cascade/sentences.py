@@ -13,7 +13,7 @@ import re
 
 _ABBREVIATIONS = frozenset({
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx",
-    "no", "fig", "inc", "ltd", "co", "mt", "ave",
+    "fig", "inc", "ltd", "co", "mt", "ave",
 })
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s|\n+")
 _CLAUSE_END = re.compile(r"[,;:]\s|\s[-–—]\s")
@@ -41,8 +41,9 @@ class SentenceSplitter:
         cut = self._sentence_cut()
         if cut is None and self._emitted == 0:
             cut = self._clause_cut()
-        if cut is None and len(self._buffer) > self._max_chars:
-            space = self._buffer.rfind(" ", 0, self._max_chars)
+        too_long = len(self._buffer[:cut].rstrip()) > self._max_chars if cut else False
+        if too_long or (cut is None and len(self._buffer) > self._max_chars):
+            space = self._buffer.rfind(" ", 0, self._max_chars + 1)
             cut = space if space > 0 else self._max_chars
         if cut is None:
             return None
@@ -79,5 +80,6 @@ def clean_for_speech(text: str) -> str:
     """Strip markdown and symbols a voice should not read out."""
     text = re.sub(r"[*_`#>|~]+", " ", text)
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
-    text = re.sub(r"[\U0001F000-\U0001FAFF\u2600-\u27BF]", " ", text)
+    text = re.sub(r"[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF]", " ", text)
+    text = re.sub(r"[\uFE00-\uFE0F\u200D\u20E3]", "", text)  # emoji selectors, joiners
     return " ".join(text.split())

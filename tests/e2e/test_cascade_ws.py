@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+import soundfile
 
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
@@ -114,8 +120,6 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_heard(
 @pytest.mark.parametrize("kind", ["silence", "white noise", "breathing bursts", "hum"])
 async def test_silence_and_noise_trigger_no_turn(service: RunningService, fresh_llm: LLMServer,
                                                   kind: str) -> None:
-    import numpy as np
-
     rate, seconds = 16000, 30.0
     if kind == "silence":
         audio = np.zeros(int(seconds * rate), np.int16)
@@ -142,3 +146,25 @@ async def test_silence_and_noise_trigger_no_turn(service: RunningService, fresh_
     assert client.events_of("response.text.delta") == []
     assert client.reply_audio().size == 0
     assert len(fresh_llm.requests) == requests_before
+
+
+async def test_voice_call_cli_prints_the_conversation_and_saves_the_reply(
+        service: RunningService, fresh_llm: LLMServer, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]], tmp_path: Path) -> None:
+    fresh_llm.behaviour.reply = "The next train leaves at nine."
+    out = tmp_path / "reply.wav"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voice.cli", "call", "--url", service.url,
+        "--sample-rate", "24000", utterances["train"]["path"], "--out", str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = output.decode()
+    assert process.returncode == 0, text
+    said = next(line for line in text.splitlines() if line.startswith("you:"))
+    assert word_recall(utterances["train"]["text"], said) >= 0.8
+    assert "assistant: The next train leaves at nine." in text
+    assert "voice_to_voice" in text
+    audio, rate = soundfile.read(out, dtype="int16")
+    assert rate == 24000
+    heard = transcribe_back(whisper, audio, rate)
+    assert word_recall("The next train leaves at nine.", heard) >= 0.8, heard

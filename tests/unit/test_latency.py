@@ -84,14 +84,25 @@ def test_missing_stamps_give_the_stages_up_to_the_first_gap() -> None:
     assert t.stages_ms() == {"endpointing_ms": 200.0, "stt_ms": 60.0}
 
 
-def test_realtime_turn_without_cascade_stamps_still_reports_voice_to_voice() -> None:
-    t = timeline(speech_end=1000, tts_first_audio=1300, first_audio_out=1320)
-    assert t.stages_ms() == {"voice_to_voice_ms": 320.0}
-
-
-def test_a_gap_stops_the_stages_but_not_voice_to_voice() -> None:
-    t = timeline(speech_end=1000, turn_end=1200, llm_first_token=1400, first_audio_out=1500)
-    assert t.stages_ms() == {"endpointing_ms": 200.0, "voice_to_voice_ms": 500.0}
+@pytest.mark.parametrize("stamps_ms", [
+    {"speech_end": 1000, "tts_first_audio": 1300, "first_audio_out": 1320},  # realtime turn
+    {"speech_end": 1000, "turn_end": 1200, "llm_first_token": 1400, "first_audio_out": 1500},
+    {"speech_end": 1000, "turn_end": 1200, "stt_final": 1150, "tts_first_audio": 1450,
+     "first_audio_out": 1500},
+])
+def test_gaps_give_partial_stages_and_still_voice_to_voice(stamps_ms: dict[str, float]
+                                                            ) -> None:
+    stages = timeline(**stamps_ms).stages_ms()
+    assert stages["voice_to_voice_ms"] == stamps_ms["first_audio_out"] - stamps_ms["speech_end"]
+    present = {stamp for stamp in stamps_ms}
+    for name, stamp in STAGES:
+        if stamp not in present:
+            assert name not in stages  # no figure for a stage whose stamp is missing
+    partial = [value for name, value in stages.items() if name != "voice_to_voice_ms"]
+    assert all(value >= 0 for value in partial)
+    assert sum(partial) <= stages["voice_to_voice_ms"]
+    if "turn_end" in present:
+        assert stages["endpointing_ms"] == stamps_ms["turn_end"] - stamps_ms["speech_end"]
 
 
 def test_unknown_stamp_raises() -> None:

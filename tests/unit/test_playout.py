@@ -126,11 +126,11 @@ async def test_run_never_sends_more_than_lead_ms_ahead(
             break
         await asyncio.sleep(0)
     assert recorder.data == audio
-    sent_before_ns = 0
+    play_end_ns = 0  # when the audio sent so far has finished playing at the far end
     for at_ns, chunk in recorder.sent:
-        # what was already sent ends this far ahead of now: at most the lead
-        assert sent_before_ns - at_ns <= 200 * MS
-        sent_before_ns += len(chunk) // 2 * 1_000_000_000 // RATE
+        # a chunk goes out only while what is already in flight is at most the lead
+        assert play_end_ns - at_ns <= 200 * MS
+        play_end_ns = max(play_end_ns, at_ns) + len(chunk) // 2 * 1_000_000_000 // RATE
     # ... and it was paced, not dumped: the last chunk left no earlier than needed
     last_at_ns = recorder.sent[-1][0]
     assert last_at_ns >= (1000 - 200 - 20) * MS
@@ -210,6 +210,27 @@ async def test_idle_once_everything_has_played(
     assert not playout.idle
     clock.advance_ms(1)
     assert playout.idle
+
+
+async def test_cancelling_run_mid_stream_stops_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime(auto_advance=False)
+    monkeypatch.setattr(playout_module, "asyncio",
+                        types.SimpleNamespace(Event=asyncio.Event, sleep=clock.sleep))
+    recorder = Recorder(clock)
+    playout = Playout(recorder, RATE, clock, lead_ms=200)
+    task = asyncio.get_running_loop().create_task(playout.run(), name="playout-cancel")
+    playout.enqueue(pcm(1000))
+    await settle()
+    sent = len(recorder.sent)
+    assert 0 < sent < 50
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):  # cancellation is not swallowed
+        await task
+    playout.clear()
+    clock.advance_ms(2000)
+    await settle()
+    assert len(recorder.sent) == sent
+    assert playout.pending_samples() == 0
 
 
 @pytest.mark.parametrize("running", [True], indirect=True)

@@ -129,9 +129,6 @@ def test_pieces_without_letters_or_digits_are_dropped() -> None:
     assert splitter.flush() == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a sentence end arriving in the same delta as a "
-                   "long run is cut there, so the piece exceeds max_chars (docstring: any "
-                   "piece longer than max_chars is cut at its last space)")
 def test_pieces_never_exceed_max_chars_even_for_large_deltas() -> None:
     text = " ".join(["word"] * 80) + ". Next."
     pieces = split_all([text], max_chars=100)
@@ -229,9 +226,6 @@ def test_clean_for_speech_strips_emoji(text: str, spoken: str) -> None:
     assert clean_for_speech(text) == spoken
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: clean_for_speech misses emoji outside its two "
-                   "ranges (⭐ U+2B50) and leaves variation selectors (U+FE0F) and "
-                   "zero-width joiners (U+200D) of emoji sequences behind")
 @pytest.mark.parametrize("text", ["Rated ⭐⭐⭐ ok", "I ❤️ it ok", "family 👨‍👩‍👧 ok"])
 def test_clean_for_speech_leaves_no_emoji_residue(text: str) -> None:
     cleaned = clean_for_speech(text)

@@ -9,6 +9,7 @@ wire messages into typed values or a `ProtocolError` naming what was wrong.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -50,7 +51,7 @@ def parse_sample_rate(query: str) -> int:
     if not values:
         return DEFAULT_SAMPLE_RATE
     raw = values[-1]
-    if not raw.isdigit() or int(raw) not in SUPPORTED_SAMPLE_RATES:
+    if not re.fullmatch(r"[0-9]{1,6}", raw) or int(raw) not in SUPPORTED_SAMPLE_RATES:
         allowed = ", ".join(str(r) for r in SUPPORTED_SAMPLE_RATES)
         raise ProtocolError(f"unsupported sample_rate {raw[:20]!r}; use one of {allowed}",
                             code="invalid_sample_rate")
@@ -77,8 +78,9 @@ def parse_client_message(message: bytes | str, max_bytes: int) -> ClientMessage:
 def _parse_control(text: str) -> ControlMessage:
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(f"text message is not JSON: {exc}", code="invalid_json") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ProtocolError(f"text message is not JSON: {reason}", code="invalid_json") from exc
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError("text message must be a JSON object with a string 'type'",
                             code="invalid_message")
