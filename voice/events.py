@@ -90,5 +90,11 @@ class ErrorOccurred(Event):
 
 
 @dataclass(frozen=True)
+class DtmfReceived(Event):
+    type: ClassVar[str] = "dtmf.received"
+    digit: str
+
+
+@dataclass(frozen=True)
 class Pong(Event):
     type: ClassVar[str] = "pong"

@@ -1,9 +1,12 @@
 """Paced reply audio: sends PCM to the wire at real-time pace, a bounded lead ahead.
 
-The playout keeps a projection of when the audio already sent will have finished
-playing at the far end (`_play_end_ns`). A chunk is sent only when that projection
-is less than `lead_ms` ahead of now, so an interruption has at most `lead_ms` of
-audio in flight. `played_samples()` is what the listener has heard by now.
+Two ways to drain it:
+- push (`run()`, WebSocket): a chunk is sent only when the projection of when the
+  audio already sent will have finished playing (`_play_end_ns`) is less than
+  `lead_ms` ahead of now, so an interruption has at most `lead_ms` in flight;
+- pull (`pull()`, RTP and WebRTC): the transport's own media clock takes one 20 ms
+  chunk per tick (or None: send silence).
+Either way `played_samples()` is what the listener has heard by now.
 """
 
 from __future__ import annotations
@@ -56,6 +59,24 @@ class Playout:
     def idle(self) -> bool:
         return not self._queue and self._play_end_ns <= self._clock.now_ns()
 
+    def pull(self) -> bytes | None:
+        """One chunk for a transport that paces itself (its media clock ticks every
+        chunk_ms); None when nothing is queued. The last chunk of a reply may be short."""
+        if not self._queue:
+            return None
+        chunk = self._queue.popleft()
+        self._account(chunk, self._clock.now_ns())
+        return chunk
+
+    def _account(self, chunk: bytes, now: int) -> None:
+        samples = len(chunk) // 2
+        duration_ns = samples * 1_000_000_000 // self.sample_rate
+        self._play_end_ns = max(now, self._play_end_ns) + duration_ns
+        self.sent_samples += samples
+        if self.on_first_send is not None:
+            callback, self.on_first_send = self.on_first_send, None
+            callback(now)
+
     async def run(self) -> None:
         """Send queued audio forever, paced; cancel to stop."""
         while True:
@@ -69,13 +90,7 @@ class Playout:
                 await asyncio.sleep((ahead - self._lead_ns) / 1e9)
                 continue
             chunk = self._queue.popleft()
-            samples = len(chunk) // 2
-            duration_ns = samples * 1_000_000_000 // self.sample_rate
-            self._play_end_ns = max(now, self._play_end_ns) + duration_ns
-            self.sent_samples += samples
-            if self.on_first_send is not None:
-                callback, self.on_first_send = self.on_first_send, None
-                callback(now)
+            self._account(chunk, now)
             await self._send(chunk)
 
 

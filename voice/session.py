@@ -15,7 +15,7 @@ from typing import Protocol
 
 from voice.audio import Int16Array
 from voice.clock import Clock
-from voice.events import Event
+from voice.events import DtmfReceived, Event
 from voice.playout import Playout
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,17 @@ class Pipeline(Protocol):
 
     async def interrupt(self, reason: str) -> None: ...
 
+    async def announce(self, text: str) -> None:
+        """Stop any reply and speak `text` (no LLM); return once it has been heard."""
+        ...
+
+    async def handle_dtmf(self, digit: str) -> None: ...
+
 
 PipelineFactory = Callable[["Session"], Pipeline]
 SendEvent = Callable[[Event], Awaitable[None]]
 SendAudio = Callable[[bytes], Awaitable[None]]
+Hangup = Callable[[str], Awaitable[None]]
 
 
 def new_session_id() -> str:
@@ -41,13 +48,20 @@ def new_session_id() -> str:
 
 
 class Session:
-    def __init__(self, sample_rate: int, send_event: SendEvent, send_audio: SendAudio,
-                 clock: Clock, playout_lead_ms: int, session_id: str | None = None) -> None:
+    """`send_audio=None` means the transport drains `playout.pull()` on its own media
+    clock (RTP, WebRTC); otherwise the playout pushes paced chunks through it."""
+
+    def __init__(self, sample_rate: int, send_event: SendEvent, send_audio: SendAudio | None,
+                 clock: Clock, playout_lead_ms: int, session_id: str | None = None,
+                 hangup: Hangup | None = None) -> None:
         self.id = session_id or new_session_id()
         self.sample_rate = sample_rate
         self.clock = clock
-        self.playout = Playout(send_audio, sample_rate, clock, lead_ms=playout_lead_ms)
+        self._pushes_audio = send_audio is not None
+        self.playout = Playout(send_audio or _pull_only, sample_rate, clock,
+                               lead_ms=playout_lead_ms)
         self._send_event = send_event
+        self._hangup = hangup
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self.pipeline: Pipeline | None = None
 
@@ -59,10 +73,23 @@ class Session:
         if self.pipeline is not None and samples.size:
             self.pipeline.push_audio(samples, self.clock.now_ns())
 
+    async def on_dtmf(self, digit: str) -> None:
+        """A keypad digit from the caller (SIP RFC 4733, or a client message)."""
+        self.emit(DtmfReceived(digit=digit))
+        if self.pipeline is not None:
+            await self.pipeline.handle_dtmf(digit)
+
+    async def hangup(self, reason: str) -> None:
+        """End the call from our side (SIP BYE, WebSocket close)."""
+        log.info("session %s: hanging up (%s)", self.id, reason)
+        if self._hangup is not None:
+            await self._hangup(reason)
+
     async def run(self, factory: PipelineFactory) -> None:
         self.pipeline = factory(self)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.playout.run(), name=f"{self.id}-playout")
+            if self._pushes_audio:
+                tg.create_task(self.playout.run(), name=f"{self.id}-playout")
             tg.create_task(self._send_events(), name=f"{self.id}-events")
             tg.create_task(self.pipeline.run(), name=f"{self.id}-pipeline")
 
@@ -75,3 +102,7 @@ class Session:
         """Send whatever events are still queued (before a close)."""
         while not self._events.empty():
             await self._send_event(self._events.get_nowait())
+
+
+async def _pull_only(chunk: bytes) -> None:
+    raise RuntimeError("this session's transport pulls audio; nothing may push it")

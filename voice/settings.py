@@ -60,6 +60,11 @@ class Settings:
     min_speech_ms: int = _opt(200, "Voiced speech needed before a turn (or barge-in) starts.")
     silence_ms: int = _opt(250, "Silence after the true end of speech that ends the turn.")
     max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
+    # Keypad (DTMF, from SIP phones or clients)
+    dtmf_hangup_digit: str = _opt("0", "Keypad digit that ends the call after the hang-up "
+                                  "message (empty: none).")
+    dtmf_hangup_message: str = _opt("Connecting you to a person. Goodbye.",
+                                    "Spoken before hanging up on the hang-up digit.")
     # Sessions and limits
     max_sessions: int = _opt(20, "Concurrent sessions; more are refused with HTTP 503.")
     max_message_bytes: int = _opt(131072, "Largest client WebSocket message accepted.")

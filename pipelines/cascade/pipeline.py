@@ -18,10 +18,24 @@ import numpy as np
 
 from pipelines.cascade.models import CascadeModels
 from pipelines.cascade.reply import Reply, ReplyContext, SessionIO
-from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
+from voice.audio import (
+    PIPELINE_RATE,
+    Int16Array,
+    StreamResampler,
+    array_to_pcm16_bytes,
+    resample,
+)
 from voice.clock import Clock
-from voice.events import ErrorOccurred, ResponseInterrupted, SpeechStarted, SpeechStopped
+from voice.events import (
+    ErrorOccurred,
+    ResponseDone,
+    ResponseInterrupted,
+    ResponseTextDelta,
+    SpeechStarted,
+    SpeechStopped,
+)
 from voice.latency import TurnTimeline
+from voice.playout import wait_until_played
 from voice.settings import Settings
 from voice.turns import (
     FixedSilence,
@@ -172,6 +186,23 @@ class CascadePipeline:
             self._io.playout.clear()
             self._io.emit(ErrorOccurred(code="internal_error",
                                         message="the reply failed; please try again"))
+
+    async def announce(self, text: str) -> None:
+        """Stop any reply and speak `text` as the assistant (no LLM); wait until heard."""
+        await self.interrupt("announcement")
+        tts = self._models.tts
+        samples = resample(await tts.synthesize(text), tts.sample_rate, self._io.sample_rate)
+        playout = self._io.playout
+        playout.enqueue(array_to_pcm16_bytes(samples))
+        self.history.append({"role": "assistant", "content": text})
+        self._io.emit(ResponseTextDelta(turn_id=self._turn_id, delta=text))
+        await wait_until_played(playout, playout.enqueued_samples)
+        self._io.emit(ResponseDone(turn_id=self._turn_id, text=text))
+
+    async def handle_dtmf(self, digit: str) -> None:
+        if digit and digit == self._settings.dtmf_hangup_digit:
+            await self.announce(self._settings.dtmf_hangup_message)
+            await self._io.hangup(f"caller pressed {digit}")
 
     async def interrupt(self, reason: str) -> None:
         """Stop the active reply now; keep in history only what the caller heard."""

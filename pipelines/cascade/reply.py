@@ -43,6 +43,8 @@ class SessionIO(Protocol):
 
     def emit(self, event: Event) -> None: ...
 
+    async def hangup(self, reason: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class _Transcribed:

@@ -168,3 +168,18 @@ async def test_voice_call_cli_prints_the_conversation_and_saves_the_reply(
     assert rate == 24000
     heard = transcribe_back(whisper, audio, rate)
     assert word_recall("The next train leaves at nine.", heard) >= 0.8, heard
+
+
+async def test_keypad_zero_speaks_the_goodbye_and_hangs_up(
+        service: RunningService, whisper: WhisperSTT) -> None:
+    async with VoiceClient(service.url) as client:
+        await client.stream_silence(0.3)
+        await client.send_json({"type": "dtmf", "digit": "5"})
+        await client.wait_for("dtmf.received", digit="5")
+        await client.send_json({"type": "dtmf", "digit": "0"})
+        done = await client.wait_for("response.done", timeout=15)
+        await client.wait_closed()
+    assert done["text"] == "Connecting you to a person. Goodbye."
+    assert client.close_code == 1000
+    heard = transcribe_back(whisper, client.reply_audio(), 16000)
+    assert word_recall("connecting you to a person goodbye", heard) >= 0.6, heard

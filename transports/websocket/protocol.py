@@ -29,7 +29,8 @@ CLOSE_TOO_LARGE = 1009  # a message over max_message_bytes
 CLOSE_TRY_AGAIN = 1013  # at capacity (when the handshake check was raced)
 CLOSE_IDLE = 4008  # the client sent nothing for idle_timeout_s
 
-CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end"})
+CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end", "dtmf"})
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def _parse_control(text: str) -> ControlMessage:
         known = ", ".join(sorted(CLIENT_MESSAGE_TYPES))
         raise ProtocolError(f"unknown message type {data['type'][:40]!r}; known: {known}",
                             code="unknown_type")
+    if data["type"] == "dtmf" and data.get("digit") not in DTMF_DIGITS:
+        raise ProtocolError("dtmf needs 'digit': one of 0-9, *, #, A-D", code="invalid_message")
     return ControlMessage(type=data["type"], data=data)
 
 

@@ -67,8 +67,12 @@ class WebSocketTransport:
         async def send_event(event: Event) -> None:
             await ws.send(encode_event(event))
 
+        async def hang_up(reason: str) -> None:
+            await session.flush_events()
+            await ws.close(CLOSE_NORMAL, reason[:120])
+
         session = Session(sample_rate, send_event, ws.send, self._clock,
-                          self._settings.playout_lead_ms)
+                          self._settings.playout_lead_ms, hangup=hang_up)
         self.sessions[session.id] = ws
         log.info("session %s opened from %s (%d Hz, %s)", session.id, ws.remote_address,
                  sample_rate, pipeline_name)
@@ -128,6 +132,8 @@ class WebSocketTransport:
             session.emit(Pong())
         elif message.type == "response.cancel" and session.pipeline is not None:
             await session.pipeline.interrupt("client_cancel")
+        elif message.type == "dtmf":
+            await session.on_dtmf(message.data["digit"])
         elif message.type == "session.end":
             raise _EndSession(CLOSE_NORMAL, "session ended by client")
 
