@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.audiofile import load_audio, save_wav
-from clients.ws_client import VoiceClient
+from clients.base import CallClient, make_client
 
 SETTLE_S = 2.0  # a call ends this long after the last activity once the file is sent
 
@@ -41,7 +41,7 @@ def _print_event(event: dict[str, Any]) -> None:
         print(f"error:     {event['code']}: {event['message']}", flush=True)
 
 
-def _busy(client: VoiceClient) -> bool:
+def _busy(client: CallClient) -> bool:
     started = len(client.events_of("speech.started"))
     stopped = len(client.events_of("speech.stopped"))
     finals = len(client.events_of("transcript.final"))
@@ -50,17 +50,20 @@ def _busy(client: VoiceClient) -> bool:
 
 
 async def call(url: str, path: Path, out: Path | None, sample_rate: int = 16000,
-               pipeline: str | None = None, max_wait_s: float = 60.0) -> CallResult:
+               pipeline: str | None = None, max_wait_s: float = 60.0,
+               transport: str = "ws") -> CallResult:
     audio = load_audio(path, sample_rate)
-    async with VoiceClient(url, sample_rate, pipeline) as client:
+    client = make_client(transport, url, sample_rate, pipeline)
+    await client.connect()
+    try:
         printed = 0
         streaming = asyncio.create_task(client.stream(audio), name="call-stream")
         deadline = time.monotonic() + len(audio) / sample_rate + max_wait_s
         idle_since = None
         while time.monotonic() < deadline and not client.closed:
-            for event in client.record.events[printed:]:
+            for event in client.events_of("*")[printed:]:
                 _print_event(event)
-            printed = len(client.record.events)
+            printed += len(client.events_of("*")[printed:])
             if streaming.done():
                 await client.stream_silence(0.1)
                 busy = _busy(client)
@@ -71,10 +74,13 @@ async def call(url: str, path: Path, out: Path | None, sample_rate: int = 16000,
                 await asyncio.sleep(0.05)
         streaming.cancel()
         await asyncio.gather(streaming, return_exceptions=True)
+    finally:
+        await client.close()
+    events = client.events_of
     if out is not None:
         save_wav(out, client.reply_audio(), sample_rate)
         print(f"reply audio saved to {out}", flush=True)
     return CallResult(
-        transcripts=[e["text"] for e in client.events_of("transcript.final")],
-        replies=[e["text"] for e in client.events_of("response.done")],
-        latencies=client.events_of("turn.latency"), errors=client.events_of("error"))
+        transcripts=[e["text"] for e in events("transcript.final")],
+        replies=[e["text"] for e in events("response.done")],
+        latencies=events("turn.latency"), errors=events("error"))

@@ -160,7 +160,8 @@ class VoiceClient:
                 await self._changed.wait()
 
     def events_of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.record.events if e["type"] == event_type]
+        """Events of one type in arrival order; "*" for all of them."""
+        return [e for e in self.record.events if event_type in ("*", e["type"])]
 
     def sent_time_ns(self, sample_index: int) -> int | None:
         """When the chunk holding this (session-rate) sample index was sent."""

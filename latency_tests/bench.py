@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from clients.audiofile import load_audio, voiced_bounds
-from clients.ws_client import VoiceClient
+from clients.base import make_client
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data"
 LEAD_SILENCE_S = 0.5
@@ -49,6 +49,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with utterances.json and its WAV files")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each utterance")
     parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--transport", default="ws", help="ws (default) or another transport")
+    parser.add_argument("--pipeline", default=None, help="pipeline the sessions ask for")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra `voice serve` flag for the started service (repeatable)")
@@ -62,17 +64,22 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q)) if values else float("nan")
 
 
-async def measure_one(url: str, name: str, path: Path, sample_rate: int) -> TurnMeasure:
+async def measure_one(url: str, name: str, path: Path, sample_rate: int, transport: str = "ws",
+                      pipeline: str | None = None) -> TurnMeasure:
     audio = load_audio(path, sample_rate)
     lead = np.zeros(int(LEAD_SILENCE_S * sample_rate), np.int16)
     audio = np.concatenate([lead, audio])
     regions = voiced_bounds(audio, sample_rate)
     last_voiced = regions[-1][1] - 1 if regions else len(audio) - 1
-    async with VoiceClient(url, sample_rate) as client:
+    client = make_client(transport, url, sample_rate, pipeline)
+    await client.connect()
+    try:
         await client.stream(audio)
         async with asyncio.timeout(20):
             while not client.events_of("response.done") and not client.events_of("error"):
                 await client.stream_silence(0.1)
+    finally:
+        await client.close()
     sent = client.sent_time_ns(last_voiced)
     heard = client.first_audible_ns(sent) if sent is not None else None
     latency = client.events_of("turn.latency")
@@ -114,7 +121,8 @@ async def run_bench(args: argparse.Namespace) -> int:
         measures: list[TurnMeasure] = []
         for run in range(args.repeat):
             for name, entry in manifest.items():
-                measure = await measure_one(url, name, corpus / entry["file"], args.sample_rate)
+                measure = await measure_one(url, name, corpus / entry["file"], args.sample_rate,
+                                            args.transport, args.pipeline)
                 measures.append(measure)
                 v2v = measure.voice_to_voice_ms
                 print(f"  run {run + 1} {name:<10} "

@@ -35,10 +35,12 @@ def _cmd_call(args: argparse.Namespace) -> int:
     from clients.call import call
 
     _configure_logging("WARNING")
-    if args.transport != "ws":
-        raise ConfigError(f"transport {args.transport!r} is not available yet; use ws")
-    result = asyncio.run(call(args.url, Path(args.file), Path(args.out) if args.out else None,
-                              sample_rate=args.sample_rate, pipeline=args.pipeline))
+    try:
+        result = asyncio.run(call(args.url, Path(args.file), Path(args.out) if args.out else None,
+                                  sample_rate=args.sample_rate, pipeline=args.pipeline,
+                                  transport=args.transport))
+    except ValueError as exc:  # an unknown transport
+        raise ConfigError(str(exc)) from exc
     return 0 if result.transcripts and not result.errors else 1
 
 
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="stream an audio file to the service as a caller")
     call.add_argument("file", help="audio file (wav, flac, ogg, mp3, ...; any rate)")
     call.add_argument("--url", default="http://127.0.0.1:8000", help="service URL")
-    call.add_argument("--transport", default="ws", choices=["ws", "webrtc"])
+    call.add_argument("--transport", default="ws", help="ws (default), or another transport")
     call.add_argument("--sample-rate", type=int, default=16000, help="session sample rate")
     call.add_argument("--pipeline", default=None, help="cascade (default) or another pipeline")
     call.add_argument("--out", default="reply.wav", help="where to save the reply audio")
