@@ -3,7 +3,8 @@
     VoiceError                      base of everything we raise on purpose
     ├── ConfigError                 a setting is missing or invalid (startup fails)
     ├── ProtocolError               malformed input on a wire (carries a client-facing `code`)
-    │   └── MessageTooLarge         a message over the documented size limit
+    │   ├── MessageTooLarge         a message over the documented size limit
+    │   └── SipError                a SIP request we refuse, with the response `status`
     ├── CapacityError               the session cap is reached (close 1013)
     └── ProviderError               an STT/LLM/TTS/realtime provider failed
         ├── ProviderTimeout         it did not answer within the timeout
@@ -41,6 +42,16 @@ class ProtocolError(VoiceError):
 
 class MessageTooLarge(ProtocolError):
     code = "message_too_large"
+
+
+class SipError(ProtocolError):
+    """A SIP request that gets a final error response (`status`, e.g. 400, 488)."""
+
+    code = "sip_error"
+
+    def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
 
 
 class CapacityError(VoiceError):

@@ -33,6 +33,7 @@ class Playout:
         self._play_end_ns = 0
         self.enqueued_samples = 0
         self.sent_samples = 0
+        self.paused = False
         self.on_first_send: Callable[[int], None] | None = None
 
     def enqueue(self, pcm: bytes) -> None:
@@ -46,6 +47,20 @@ class Playout:
         dropped = sum(len(c) for c in self._queue) // 2
         self._queue.clear()
         self.enqueued_samples -= dropped
+        self.paused = False
+
+    def pause(self) -> None:
+        """Stop sending at once but keep the queue (the caller may only be saying uh-huh)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._wakeup.set()
+
+    @property
+    def speaking(self) -> bool:
+        """Reply audio is queued or still being heard."""
+        return bool(self._queue) or self._play_end_ns > self._clock.now_ns()
 
     def played_samples(self) -> int:
         """Samples the listener has heard by now, assuming it plays on arrival."""
@@ -55,14 +70,10 @@ class Playout:
     def pending_samples(self) -> int:
         return self.enqueued_samples - self.played_samples()
 
-    @property
-    def idle(self) -> bool:
-        return not self._queue and self._play_end_ns <= self._clock.now_ns()
-
     def pull(self) -> bytes | None:
         """One chunk for a transport that paces itself (its media clock ticks every
         chunk_ms); None when nothing is queued. The last chunk of a reply may be short."""
-        if not self._queue:
+        if not self._queue or self.paused:
             return None
         chunk = self._queue.popleft()
         self._account(chunk, self._clock.now_ns())
@@ -80,7 +91,7 @@ class Playout:
     async def run(self) -> None:
         """Send queued audio forever, paced; cancel to stop."""
         while True:
-            if not self._queue:
+            if not self._queue or self.paused:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

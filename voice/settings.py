@@ -43,6 +43,20 @@ class Settings:
     llm_timeout_s: float = _opt(8.0, "Seconds to wait for the LLM's first token (and between "
                                 "tokens) before the turn ends with an apology.")
     llm_max_tokens: int = _opt(300, "Upper bound on reply tokens.")
+    # Pipelines: cascade (the local models) or realtime (a speech-to-speech provider)
+    pipeline: str = _opt("cascade", "Default pipeline of every session: cascade or realtime "
+                         "(a WebSocket session may choose with ?pipeline=).")
+    realtime_url: str = _opt("wss://api.openai.com/v1/realtime",
+                             "OpenAI-Realtime-compatible WebSocket URL of the realtime "
+                             "pipeline's provider (authenticated with OPENAI_API_KEY), e.g. "
+                             "this service's own ws://HOST:PORT/v1/realtime.")
+    realtime_model: str = _opt("gpt-realtime", "Model asked of the realtime provider.")
+    realtime_voice: str = _opt("marin", "Voice asked of the realtime provider.")
+    realtime_turn_detection: str = _opt(
+        "server_vad", "Who ends a caller's turn in the realtime pipeline: server_vad or "
+        "semantic_vad (the provider), or local (this service's VAD, then commit).")
+    realtime_timeout_s: float = _opt(10.0, "Seconds the realtime provider may take to connect, "
+                                     "to start a reply, or between events of a reply.")
     # STT
     stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.")
     stt_device: str = _opt("cpu", "CTranslate2 device.")
@@ -57,8 +71,18 @@ class Settings:
     # Turn detection
     vad_aggressiveness: int = _opt(2, "webrtcvad aggressiveness 0-3.")
     vad_frame_ms: int = _opt(20, "VAD frame length: 10, 20 or 30 ms.")
-    min_speech_ms: int = _opt(200, "Voiced speech needed before a turn (or barge-in) starts.")
-    silence_ms: int = _opt(250, "Silence after the true end of speech that ends the turn.")
+    min_speech_ms: int = _opt(200, "Voiced speech needed before a turn starts.")
+    turn_preset: str = _opt("default", "End of turn: default (200-900 ms by transcript cues), "
+                            "patient (800-1600 ms), or fixed (silence_ms).")
+    min_wait_ms: int = _opt(0, "Silence that ends a turn that reads as complete (0: preset's).")
+    max_wait_ms: int = _opt(0, "Silence that ends a turn that reads as unfinished "
+                            "(0: preset's).")
+    silence_ms: int = _opt(250, "The fixed preset's silence after the true end of speech.")
+    continuation_window_ms: int = _opt(1500, "Speech this soon after a turn ended continues "
+                                       "that turn: the reply stops, the whole is answered.")
+    barge_in_pause_ms: int = _opt(80, "Speech over a reply this long pauses its audio.")
+    barge_in_confirm_ms: int = _opt(900, "Speech over a reply this long interrupts it even "
+                                    "before its words are known.")
     max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
     # Keypad (DTMF, from SIP phones or clients)
     dtmf_hangup_digit: str = _opt("0", "Keypad digit that ends the call after the hang-up "
@@ -105,10 +129,19 @@ class Settings:
             (0 < self.port < 65536, "port must be 1-65535"),
             (self.min_speech_ms >= self.vad_frame_ms, "min_speech_ms below one VAD frame"),
             (self.silence_ms >= self.vad_frame_ms, "silence_ms below one VAD frame"),
+            (self.turn_preset in ("default", "patient", "fixed"),
+             "turn_preset must be default, patient or fixed"),
+            (0 <= self.min_wait_ms <= 10000 and 0 <= self.max_wait_ms <= 10000,
+             "min_wait_ms and max_wait_ms must be 0-10000"),
+            (self.barge_in_pause_ms >= self.vad_frame_ms, "barge_in_pause_ms below one frame"),
             (self.max_sessions >= 1, "max_sessions must be at least 1"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
+            (self.pipeline in ("cascade", "realtime"), "pipeline must be cascade or realtime"),
+            (self.realtime_turn_detection in ("server_vad", "semantic_vad", "local"),
+             "realtime_turn_detection must be server_vad, semantic_vad or local"),
+            (self.realtime_timeout_s > 0, "realtime_timeout_s must be positive"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,7 +3,9 @@
 Theory of operation. Frames arrive with the monotonic time the transport received
 them. While idle the detector keeps a short pre-roll and waits for `min_speech_ms` of
 speech-like frames (webrtcvad + energy gate, see `voice.vad`) within a short window;
-then the turn starts at the first of them. During a turn it tracks the *true* end of
+then the turn starts at the first of them. Earlier, after `onset_ms` of speech, it
+reports `SpeechOnset` (a reply that is playing can pause at once) and, if the onset
+fizzles out before the turn starts, `OnsetAbandoned`. During a turn it tracks the *true* end of
 speech: the end of the last speech-like frame. Silence is counted in audio time from
 there, so webrtcvad's hangover does not lengthen the wait. The first silent frame
 reports `SpeechPaused` (the moment to start transcribing speculatively); speech after
@@ -24,6 +26,16 @@ from voice.vad import FrameClassifier, FrameVerdict
 
 
 @dataclass(frozen=True)
+class SpeechOnset:
+    speech_start_ns: int
+
+
+@dataclass(frozen=True)
+class OnsetAbandoned:
+    pass
+
+
+@dataclass(frozen=True)
 class TurnStarted:
     speech_start_ns: int
 
@@ -36,7 +48,7 @@ class SpeechPaused:
 
 @dataclass(frozen=True)
 class SpeechResumed:
-    pass
+    pause_ms: float  # how long the caller paused inside the turn
 
 
 @dataclass(frozen=True)
@@ -48,13 +60,15 @@ class TurnEnded:
     forced: bool = False  # cut at max_turn_s rather than ended by silence
 
 
-TurnEvent = TurnStarted | SpeechPaused | SpeechResumed | TurnEnded
+TurnEvent = (SpeechOnset | OnsetAbandoned | TurnStarted | SpeechPaused | SpeechResumed
+             | TurnEnded)
 
 
 @dataclass(frozen=True)
 class TurnContext:
     speech_ms: float  # length of the turn from its start to the true end of speech
     silence_ms: float  # silence since the true end of speech
+    transcript: str | None = None  # speculative transcript of the turn up to the true end
 
 
 class EndOfTurnPolicy(Protocol):
@@ -74,11 +88,14 @@ class TurnDetector:
     ONSET_GAP_MS = 120  # a gap longer than this inside a candidate onset restarts it
 
     def __init__(self, classifier: FrameClassifier, policy: EndOfTurnPolicy,
-                 min_speech_ms: int, max_turn_s: float) -> None:
+                 min_speech_ms: int, max_turn_s: float, onset_ms: int = 80) -> None:
         self._classifier = classifier
         self._policy = policy
         self._frame_ms = classifier.frame_ms
         self._min_speech_frames = max(1, min_speech_ms // self._frame_ms)
+        self._onset_report_frames = max(1, min(onset_ms, min_speech_ms) // self._frame_ms)
+        self._onset_reported = False
+        self._transcript: tuple[int, str] | None = None  # (speech_end_ns, text)
         self._max_turn_frames = int(max_turn_s * 1000 / self._frame_ms)
         self._preroll: deque[tuple[Int16Array, int]] = deque(
             maxlen=self.PREROLL_MS // self._frame_ms)
@@ -97,6 +114,15 @@ class TurnDetector:
     @property
     def in_turn(self) -> bool:
         return self._in_turn
+
+    @property
+    def speech_ms(self) -> float:
+        """Length of the current turn up to its true end of speech (0 when idle)."""
+        return self._speech_end_index * self._frame_ms if self._in_turn else 0.0
+
+    def set_transcript(self, speech_end_ns: int, text: str) -> None:
+        """The speculative transcript of the turn up to `speech_end_ns`, for the policy."""
+        self._transcript = (speech_end_ns, text)
 
     @property
     def frame_samples(self) -> int:
@@ -121,10 +147,17 @@ class TurnDetector:
             if self._onset_gap * self._frame_ms > self.ONSET_GAP_MS:
                 self._onset_frames = 0
         if not self._onset_frames:
+            if self._onset_reported:
+                self._onset_reported = False
+                return [OnsetAbandoned()]
             return []
-        if self._onset_frames < self._min_speech_frames:
-            return []
-        return [self._start_turn(arrival_ns, verdict)]
+        events: list[TurnEvent] = []
+        if self._onset_frames >= self._onset_report_frames and not self._onset_reported:
+            self._onset_reported = True
+            events.append(SpeechOnset(self._onset_start_ns))
+        if self._onset_frames >= self._min_speech_frames:
+            events.append(self._start_turn(arrival_ns, verdict))
+        return events
 
     def _start_turn(self, arrival_ns: int, verdict: FrameVerdict) -> TurnStarted:
         self._in_turn = True
@@ -136,6 +169,8 @@ class TurnDetector:
         self._paused = False
         self._peak_db = verdict.level_db
         self._onset_frames = 0
+        self._onset_reported = False
+        self._transcript = None
         return TurnStarted(speech_start_ns=self._onset_start_ns)
 
     def _push_in_turn(self, frame: Int16Array, arrival_ns: int,
@@ -144,25 +179,32 @@ class TurnDetector:
         events: list[TurnEvent] = []
         if verdict.speech_like:
             self._peak_db = max(self._peak_db or verdict.level_db, verdict.level_db)
+            pause_ms = (len(self._frames) - 1 - self._speech_end_index) * self._frame_ms
             self._speech_end_index = len(self._frames)
             self._speech_end_ns = arrival_ns
             if self._paused:
                 self._paused = False
-                events.append(SpeechResumed())
+                events.append(SpeechResumed(pause_ms=pause_ms))
         else:
             if not self._paused:
                 self._paused = True
                 events.append(SpeechPaused(self._speech_end_ns, self.audio_to_speech_end()))
-            context = TurnContext(
-                speech_ms=self._speech_end_index * self._frame_ms,
-                silence_ms=(len(self._frames) - self._speech_end_index) * self._frame_ms,
-            )
-            if context.silence_ms >= self._policy.required_silence_ms(context):
+            if self._turn_is_over():
                 events.append(self._end_turn(arrival_ns, forced=False))
                 return events
         if len(self._frames) >= self._max_turn_frames:
             events.append(self._end_turn(arrival_ns, forced=True))
         return events
+
+    def _turn_is_over(self) -> bool:
+        transcript = self._transcript
+        context = TurnContext(
+            speech_ms=self._speech_end_index * self._frame_ms,
+            silence_ms=(len(self._frames) - self._speech_end_index) * self._frame_ms,
+            transcript=transcript[1] if transcript and transcript[0] == self._speech_end_ns
+            else None,
+        )
+        return context.silence_ms >= self._policy.required_silence_ms(context)
 
     def _end_turn(self, now_ns: int, forced: bool) -> TurnEnded:
         audio = self.audio_to_speech_end() if not forced else np.concatenate(self._frames)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -88,6 +89,9 @@ class ReplyContext:
     history: list[Message]
     system_prompt: str
     no_speech_threshold: float
+    # told the transcript as soon as it is known (None: dropped as noise), even before
+    # release: the end-of-turn policy and the barge-in judge use it
+    on_transcript: Callable[[Reply, str | None], None] = lambda reply, text: None
 
 
 @dataclass
@@ -105,7 +109,10 @@ class Reply:
     timeline: TurnTimeline
     speculations_discarded: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # STT done or failed
     user_text: str | None = None
+    heard: str | None = None  # the accepted transcript, known before release
+    history_mark: int | None = None  # len(history) before this reply added to it
     dropped_reason: str | None = None
     text: str = ""
     _outbox: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
@@ -126,12 +133,18 @@ class Reply:
     # -- production (may run before release) ---------------------------------------
     async def _produce(self) -> None:
         try:
-            transcript = await self.ctx.models.stt.transcribe(self.audio)
+            try:
+                transcript = await self.ctx.models.stt.transcribe(self.audio)
+            finally:
+                self.transcribed.set()
             self._mark("stt_final")
             reason = hallucination_reason(transcript, self.ctx.no_speech_threshold)
             if reason is not None:
+                self.ctx.on_transcript(self, None)
                 self._put(_Dropped(f"{reason}: {transcript.text!r}"))
                 return
+            self.heard = transcript.text
+            self.ctx.on_transcript(self, transcript.text)
             self._put(_Transcribed(transcript.text))
             messages = [{"role": "system", "content": self.ctx.system_prompt},
                         *self.ctx.history, {"role": "user", "content": transcript.text}]
@@ -211,6 +224,7 @@ class Reply:
         io = self.ctx.io
         if isinstance(item, _Transcribed):
             self.user_text = item.text
+            self.history_mark = len(self.ctx.history)
             self.ctx.history.append({"role": "user", "content": item.text})
             io.emit(TranscriptFinal(turn_id=self.turn_id, text=item.text))
         elif isinstance(item, _Delta):

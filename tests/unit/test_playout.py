@@ -167,7 +167,7 @@ async def test_clear_drops_queued_audio(running: tuple[Playout, FakeTime, Record
     assert len(recorder.data) == sent * 2
     assert playout.played_samples() == sent
     assert playout.pending_samples() == 0
-    assert playout.idle
+    assert not playout.speaking
 
 
 async def test_audio_enqueued_after_clear_still_plays(
@@ -198,18 +198,18 @@ async def test_on_first_send_is_called_once_with_the_send_time(
     assert calls == [30 * MS]
 
 
-async def test_idle_once_everything_has_played(
+async def test_not_speaking_once_everything_has_played(
         running: tuple[Playout, FakeTime, Recorder]) -> None:
     playout, clock, recorder = running
-    assert playout.idle
+    assert not playout.speaking
     playout.enqueue(pcm(100))
     await settle()
-    assert not playout.idle
+    assert playout.speaking
     clock.advance_ms(99)
     await settle()
-    assert not playout.idle
+    assert playout.speaking
     clock.advance_ms(1)
-    assert playout.idle
+    assert not playout.speaking
 
 
 async def test_cancelling_run_mid_stream_stops_sending(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,8 @@ import webrtcvad
 from voice.audio import Int16Array, array_to_pcm16_bytes, resample
 from voice.turns import (
     FixedSilence,
+    OnsetAbandoned,
+    SpeechOnset,
     SpeechPaused,
     SpeechResumed,
     TurnDetector,
@@ -60,14 +62,17 @@ def detector(silence_ms: float = 250, max_turn_s: float = 30) -> TurnDetector:
                         min_speech_ms=200, max_turn_s=max_turn_s)
 
 
-def feed(samples: Int16Array, det: TurnDetector | None = None) -> list[tuple[int, TurnEvent]]:
-    """Push whole frames; return (arrival_ns, event) for every event."""
+def feed(samples: Int16Array, det: TurnDetector | None = None,
+         onsets: bool = False) -> list[tuple[int, TurnEvent]]:
+    """Push whole frames; return (arrival_ns, event) for every event (the early
+    SpeechOnset/OnsetAbandoned reports only with `onsets`)."""
     det = det or detector()
     frames, _ = frames_of(samples, FRAME)
     out: list[tuple[int, TurnEvent]] = []
     for index, frame in enumerate(frames):
         arrival_ns = (index + 1) * FRAME_NS
-        out += [(arrival_ns, event) for event in det.push(frame, arrival_ns)]
+        out += [(arrival_ns, event) for event in det.push(frame, arrival_ns)
+                if onsets or not isinstance(event, SpeechOnset | OnsetAbandoned)]
     return out
 
 
