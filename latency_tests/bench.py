@@ -52,6 +52,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", default="ws", help="ws (default) or another transport")
     parser.add_argument("--pipeline", default=None, help="pipeline the sessions ask for")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument("--turn-taking", action="store_true",
+                        help="run the turn-taking corpus (latency_tests/corpus/turn_taking)")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra `voice serve` flag for the started service (repeatable)")
 
@@ -113,7 +115,23 @@ def report(measures: list[TurnMeasure]) -> str:
     return "\n".join(lines)
 
 
+async def run_turn_taking_bench(args: argparse.Namespace) -> int:
+    from latency_tests.turn_bench import run_turn_taking
+
+    async with _target(args) as url:
+        print(f"turn-taking corpus against {url} (serve args: {args.serve_arg or 'defaults'})",
+              flush=True)
+        report = await run_turn_taking(url, args.sample_rate, args.repeat)
+    summary = report.summary()
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(summary, indent=1))
+    return 0
+
+
 async def run_bench(args: argparse.Namespace) -> int:
+    if args.turn_taking:
+        return await run_turn_taking_bench(args)
     corpus = Path(args.corpus)
     manifest: dict[str, Any] = json.loads((corpus / "utterances.json").read_text())
     async with _target(args) as url:
@@ -140,11 +158,24 @@ async def _target(args: argparse.Namespace) -> AsyncIterator[str]:
     if args.url:
         yield args.url
         return
-    from latency_tests.llm_server import LLMServer
+    from latency_tests.llm_server import LLMServer, default_reply
 
     async with LLMServer() as llm:
-        with _spawned_service(llm.base_url, args.serve_arg) as url:
+        # two sentences, so that a reply is still playing when a caller talks over it
+        llm.behaviour.reply = lambda messages: (
+            default_reply(messages) + " I am happy to help you with that, so give me a "
+            "moment to think about the best answer.")
+        with _spawned_service(llm.base_url, _serve_args(args)) as url:
             yield url
+
+
+def _serve_args(args: argparse.Namespace) -> list[str]:
+    """The realtime pipeline, unless told otherwise, uses the spawned service's own
+    OpenAI-Realtime-compatible endpoint as its provider (`{port}`: the service's port)."""
+    extra = list(args.serve_arg)
+    if args.pipeline == "realtime" and not any(a.startswith("--realtime-url") for a in extra):
+        extra.append("--realtime-url=ws://127.0.0.1:{port}/v1/realtime")
+    return extra
 
 
 @contextlib.contextmanager
@@ -155,7 +186,8 @@ def _spawned_service(llm_url: str, extra: list[str]) -> Iterator[str]:
     env = {**os.environ, "OPENAI_BASE_URL": llm_url, "OPENAI_API_KEY": "bench",
            "VOICE_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port), *extra], env=env)
+        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port),
+         *(arg.replace("{port}", str(port)) for arg in extra)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)

@@ -19,8 +19,13 @@ def utterances() -> dict[str, dict[str, str]]:
     return data
 
 
+_DIGITS = "zero one two three four five six seven eight nine".split()
+
+
 def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+    """Lower-case words; digits spelled out one by one ("456" -> four five six)."""
+    text = re.sub(r"\d", lambda m: f" {_DIGITS[int(m.group())]} ", text.lower())
+    return re.sub(r"[^a-z' ]+", " ", text).split()
 
 
 def word_recall(expected: str, heard: str) -> float:

@@ -9,10 +9,13 @@ a millisecond per decision):
   digit string is very likely unfinished, so it waits up to `max_wait_ms`; a turn
   that reads as complete gets `min_wait_ms`; while the transcript is not yet known,
   it waits for it (never less than `min_wait_ms`);
+- prosody (`voice.prosody`): a turn that reads as a finished statement but whose
+  pitch did not fall at the end is probably a mid-sentence pause ("The meeting is on
+  Tuesday, ..." transcribes as a complete sentence);
 - the caller's own habits: the pauses this caller made inside turns before going
   on. A caller who pauses for 600 ms mid-sentence gets longer waits, within bounds.
 
-Presets: `default` (fast when the caller is done, 200-900 ms), `patient` (for callers
+Presets: `default` (fast when the caller is done, 200-1000 ms), `patient` (for callers
 who pause a lot: dictation, elderly callers; 800-1600 ms) and `fixed` (the plain
 `silence_ms` wait, no cues).
 """
@@ -49,13 +52,16 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset(min_wait_ms=200, max_wait_ms=900),
+    "default": Preset(min_wait_ms=200, max_wait_ms=1000),
     "patient": Preset(min_wait_ms=800, max_wait_ms=1600),
 }
 
 
-def incompleteness(transcript: str) -> float:
-    """0.0 for an utterance that reads as finished, up to 1.0 for a clearly open one."""
+LEVEL_PITCH = 0.85  # final pitch / median pitch at or above this: not a final fall
+
+
+def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
+    """0.0 for an utterance that reads (and sounds) finished, up to 1.0 for an open one."""
     text = transcript.strip().lower()
     words = _WORD.findall(text)
     if not words:
@@ -69,6 +75,8 @@ def incompleteness(transcript: str) -> float:
         return 0.7  # dictated numbers come in groups: "four five six ... seven eight"
     if not text.endswith((".", "?", "!")):
         return 0.5
+    if text.endswith((".", "!")) and final_pitch is not None and final_pitch >= LEVEL_PITCH:
+        return 0.6  # a statement without the final fall of pitch: probably mid-sentence
     return 0.0
 
 
@@ -109,7 +117,7 @@ class AdaptiveEndpointing:
             high = min(2 * self.preset.max_wait_ms, max(high, typical + 200))
         if context.transcript is None:
             return high  # not transcribed yet: wait for it, or until the maximum
-        return low + incompleteness(context.transcript) * (high - low)
+        return low + incompleteness(context.transcript, context.final_pitch) * (high - low)
 
 
 def build_policy(preset: str, min_wait_ms: float, max_wait_ms: float, silence_ms: float,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,10 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-def _opt(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
+def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
+         shown: str | None = None) -> Any:
     return field(default=default, repr=not secret,
-                 metadata={"help": help, "env": env, "secret": secret})
+                 metadata={"help": help, "env": env, "secret": secret, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class Settings:
     max_wait_ms: int = _opt(0, "Silence that ends a turn that reads as unfinished "
                             "(0: preset's).")
     silence_ms: int = _opt(250, "The fixed preset's silence after the true end of speech.")
-    continuation_window_ms: int = _opt(1500, "Speech this soon after a turn ended continues "
+    continuation_window_ms: int = _opt(1000, "Speech this soon after a turn ended continues "
                                        "that turn: the reply stops, the whole is answered.")
     barge_in_pause_ms: int = _opt(80, "Speech over a reply this long pauses its audio.")
     barge_in_confirm_ms: int = _opt(900, "Speech over a reply this long interrupts it even "
@@ -94,7 +95,43 @@ class Settings:
     max_message_bytes: int = _opt(131072, "Largest client WebSocket message accepted.")
     idle_timeout_s: float = _opt(60.0, "Close a session whose client sent nothing this long.")
     playout_lead_ms: int = _opt(200, "How far ahead of real time reply audio is sent.")
+    # WebRTC (transports/webrtc; docs/protocol.md "WebRTC")
+    rtc_allow_loopback: bool = _opt(False, "Offer 127.0.0.1 as a WebRTC ICE candidate, so a "
+                                    "browser on this machine connects with no network.")
+    rtc_stun_server: str = _opt("", "STUN server (stun:host:port) for WebRTC; empty: none, "
+                                "host candidates only.", shown="(none)")
+    rtc_turn_server: str = _opt("", "TURN server (turn:host:port[?transport=udp|tcp] or "
+                                "turns:host:port) relaying WebRTC media.", shown="(none)")
+    rtc_turn_username: str = _opt("", "TURN username.", shown="(none)")
+    rtc_turn_password: str = _opt("", "TURN password.", secret=True, shown="(none)")
+    rtc_peer_timeout_s: float = _opt(10.0, "End a WebRTC call whose peer has not connected "
+                                     "(ICE+DTLS) this long after the offer, or sent no audio "
+                                     "for this long.")
 
+    # SIP phone-line bridge (transports/sip; docs/sip.md)
+    sip_port: int = _opt(0, "UDP port of the SIP bridge on --host; 0: no SIP.", shown="0 (off)")
+    sip_allow: str = _opt("127.0.0.0/8,::1/128", "Source addresses (CIDR[,CIDR...]) whose "
+                          "SIP requests are answered; others are ignored.")
+    sip_advertise: str = _opt("", "Address put in SDP and Contact; empty: --host.",
+                              shown="(--host)")
+    sip_rtp_ports: str = _opt("", "RTP port range LOW-HIGH; empty: any free port.",
+                              shown="(any)")
+    sip_max_calls: int = _opt(20, "Concurrent SIP calls; more get 486 Busy Here.")
+    sip_ring_ms: int = _opt(0, "Ring this long (180 Ringing) before answering a call.")
+    sip_rtp_timeout_s: float = _opt(30.0, "End a call (BYE) whose caller sent no RTP this long.")
+    sip_jitter_ms: int = _opt(60, "Longest wait for a missing RTP packet before it is "
+                              "concealed as lost.")
+    sip_inbound_user: str = _opt("", "If set, callers must authenticate (digest) as this user.",
+                                 shown="(none)")
+    sip_inbound_password: str = _opt("", "Password for --sip-inbound-user.", secret=True,
+                                     shown="(none)")
+    sip_register: str = _opt("", "Registrar to REGISTER with (sip:host[:port]); empty: none.",
+                             shown="(none)")
+    sip_user: str = _opt("", "User for REGISTER and outbound calls (digest auth).",
+                         shown="(none)")
+    sip_password: str = _opt("", "Password for --sip-user.", secret=True, shown="(none)")
+    sip_register_expires: int = _opt(300, "Registration lifetime asked for, in seconds; "
+                                     "refreshed before it runs out.")
     @classmethod
     def env_name(cls, f: dataclasses.Field[Any]) -> str:
         return str(f.metadata.get("env") or f"VOICE_{f.name.upper()}")
@@ -103,7 +140,8 @@ class Settings:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            parser.add_argument(flag, dest=f.name, type=str, default=None,
+            extra: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type == "bool" else {}
+            parser.add_argument(flag, dest=f.name, type=str, default=None, **extra,
                                 help=f"{f.metadata['help']} [env {cls.env_name(f)}]")
 
     @classmethod
@@ -138,6 +176,12 @@ class Settings:
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
+            (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
+            (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),
+            (self.sip_rtp_timeout_s > 0, "sip_rtp_timeout_s must be positive"),
+            (0 <= self.sip_jitter_ms <= 1000, "sip_jitter_ms must be 0-1000"),
+            (self.sip_register_expires >= 10, "sip_register_expires must be at least 10"),
+            (self.rtc_peer_timeout_s > 0, "rtc_peer_timeout_s must be positive"),
             (self.pipeline in ("cascade", "realtime"), "pipeline must be cascade or realtime"),
             (self.realtime_turn_detection in ("server_vad", "semantic_vad", "local"),
              "realtime_turn_detection must be server_vad, semantic_vad or local"),
@@ -159,7 +203,7 @@ class Settings:
     def markdown_table(cls) -> str:
         rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            default = "(bundled)" if f.default == "" else f.default
+            default = f.metadata.get("shown") or ("(bundled)" if f.default == "" else f.default)
             if f.name == "system_prompt":
                 default = "(short voice-assistant prompt)"
             rows.append(f"| `--{f.name.replace('_', '-')}` | `{cls.env_name(f)}` | "
@@ -167,9 +211,17 @@ class Settings:
         return "\n".join(rows)
 
 
+def boolean(raw: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ValueError(raw)
+    return value in ("1", "true", "yes", "on")
+
+
 def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
-    kind = {"int": int, "float": float}.get(str(f.type), str)
+    kinds: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": boolean}
+    kind = kinds.get(str(f.type), str)
     try:
         return kind(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{f.name}: cannot read {raw!r} as {kind.__name__}") from exc
+        raise ConfigError(f"{f.name}: cannot read {raw!r} as {f.type}") from exc

@@ -69,6 +69,7 @@ class TurnContext:
     speech_ms: float  # length of the turn from its start to the true end of speech
     silence_ms: float  # silence since the true end of speech
     transcript: str | None = None  # speculative transcript of the turn up to the true end
+    final_pitch: float | None = None  # voice.prosody.final_pitch_ratio of the same audio
 
 
 class EndOfTurnPolicy(Protocol):
@@ -95,7 +96,7 @@ class TurnDetector:
         self._min_speech_frames = max(1, min_speech_ms // self._frame_ms)
         self._onset_report_frames = max(1, min(onset_ms, min_speech_ms) // self._frame_ms)
         self._onset_reported = False
-        self._transcript: tuple[int, str] | None = None  # (speech_end_ns, text)
+        self._transcript: tuple[int, str, float | None] | None = None  # (end, text, pitch)
         self._max_turn_frames = int(max_turn_s * 1000 / self._frame_ms)
         self._preroll: deque[tuple[Int16Array, int]] = deque(
             maxlen=self.PREROLL_MS // self._frame_ms)
@@ -120,9 +121,10 @@ class TurnDetector:
         """Length of the current turn up to its true end of speech (0 when idle)."""
         return self._speech_end_index * self._frame_ms if self._in_turn else 0.0
 
-    def set_transcript(self, speech_end_ns: int, text: str) -> None:
-        """The speculative transcript of the turn up to `speech_end_ns`, for the policy."""
-        self._transcript = (speech_end_ns, text)
+    def set_transcript(self, speech_end_ns: int, text: str,
+                       final_pitch: float | None = None) -> None:
+        """What is known of the turn up to `speech_end_ns`, for the policy."""
+        self._transcript = (speech_end_ns, text, final_pitch)
 
     @property
     def frame_samples(self) -> int:
@@ -197,12 +199,13 @@ class TurnDetector:
         return events
 
     def _turn_is_over(self) -> bool:
-        transcript = self._transcript
+        known = self._transcript
+        current = known is not None and known[0] == self._speech_end_ns
         context = TurnContext(
             speech_ms=self._speech_end_index * self._frame_ms,
             silence_ms=(len(self._frames) - self._speech_end_index) * self._frame_ms,
-            transcript=transcript[1] if transcript and transcript[0] == self._speech_end_ns
-            else None,
+            transcript=known[1] if known and current else None,
+            final_pitch=known[2] if known and current else None,
         )
         return context.silence_ms >= self._policy.required_silence_ms(context)
 

@@ -47,6 +47,7 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
+from voice.prosody import final_pitch_ratio
 from voice.settings import Settings
 from voice.turns import (
     OnsetAbandoned,
@@ -109,6 +110,7 @@ class CascadePipeline:
         self._carry: _Carry | None = None
         self._last_turn: _Carry | None = None
         self._last_turn_end_ns = 0
+        self._final_pitch: float | None = None
         self._tasks: asyncio.TaskGroup | None = None
 
     def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
@@ -166,6 +168,7 @@ class CascadePipeline:
             await self._on_turn_started(event)
         elif isinstance(event, SpeechPaused):
             await self._discard_speculation()
+            self._final_pitch = final_pitch_ratio(event.audio)
             self._speculation = self._start_reply(event.audio, event.speech_end_ns)
         elif isinstance(event, SpeechResumed):
             self.pauses.record(event.pause_ms)
@@ -222,6 +225,8 @@ class CascadePipeline:
             on_transcript=self._on_transcript)
         reply = Reply(self._turn_id, self._joined(audio), context, timeline,
                       speculations_discarded=self._discarded)
+        if not self._contested:
+            reply.may_generate.set()
         task = self._tasks.create_task(self._guarded(reply), name=f"turn-{self._turn_id}-reply")
         return _Running(reply, task)
 
@@ -237,7 +242,8 @@ class CascadePipeline:
     def _on_transcript(self, reply: Reply, text: str | None) -> None:
         if self._speculation is None or self._speculation.reply is not reply:
             return
-        self._detector.set_transcript(reply.timeline.stamps["speech_end"], text or "")
+        self._detector.set_transcript(reply.timeline.stamps["speech_end"], text or "",
+                                      self._final_pitch)
 
     # -- contested turns: barge-in, continuation or backchannel ------------------------
     async def _judge_at_turn_end(self, event: TurnEnded) -> None:
@@ -272,6 +278,8 @@ class CascadePipeline:
         else:
             log.info("turn %d interrupts the reply (%s)", self._turn_id, why)
             await self.interrupt("barge_in")
+            if self._speculation is not None:
+                self._speculation.reply.may_generate.set()
 
     def _reply_running(self) -> bool:
         return self._active is not None and not self._active.task.done()

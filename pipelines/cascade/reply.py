@@ -110,6 +110,9 @@ class Reply:
     speculations_discarded: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # STT done or failed
+    # cleared while the turn is contested (said over a reply): the LLM must not see a
+    # history that the verdict (barge-in or continuation) is about to change
+    may_generate: asyncio.Event = field(default_factory=asyncio.Event)
     user_text: str | None = None
     heard: str | None = None  # the accepted transcript, known before release
     history_mark: int | None = None  # len(history) before this reply added to it
@@ -146,6 +149,7 @@ class Reply:
             self.heard = transcript.text
             self.ctx.on_transcript(self, transcript.text)
             self._put(_Transcribed(transcript.text))
+            await self.may_generate.wait()
             messages = [{"role": "system", "content": self.ctx.system_prompt},
                         *self.ctx.history, {"role": "user", "content": transcript.text}]
             await self._generate(messages)

@@ -68,7 +68,7 @@ def hallucination_reason(t: Transcript, no_speech_threshold: float) -> str | Non
         return f"no_speech_prob {t.no_speech_prob:.2f}"
     if words in KNOWN_HALLUCINATIONS and (t.no_speech_prob > 0.2 or t.avg_logprob < -0.6):
         return "known hallucination"
-    if t.avg_logprob < -1.2:
+    if t.avg_logprob < -1.2 and t.no_speech_prob > 0.4:  # garbled speech is still speech
         return f"avg_logprob {t.avg_logprob:.2f}"
     tokens = words.split()
     if len(tokens) >= 8 and len(set(tokens)) <= len(tokens) // 4:

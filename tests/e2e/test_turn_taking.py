@@ -1,0 +1,151 @@
+"""Turn-taking as a caller experiences it: pauses, early replies, backchannels."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clients.audiofile import load_audio, voiced_bounds
+from clients.ws_client import VoiceClient
+from latency_tests.llm_server import LLMServer
+from tests.conftest import word_recall
+from tests.e2e.conftest import RunningService, start_service, stop_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+CORPUS = Path(__file__).parents[2] / "latency_tests" / "corpus" / "turn_taking"
+MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "utterances.json").read_text())
+LONG_REPLY = ("Here is the forecast for the whole week. Monday will be sunny and warm. "
+              "Tuesday brings clouds in the morning and some rain in the afternoon. "
+              "Wednesday stays dry with a light wind from the west.")
+
+
+def clip(name: str) -> str:
+    return str(CORPUS / MANIFEST[name]["file"])
+
+
+def halves(name: str) -> list[str]:
+    return re.split(r"\s*\|\d+\|\s*", MANIFEST[name]["marked_text"])
+
+
+@pytest.fixture(scope="module")
+def eager_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[RunningService]:
+    """A service that ends turns after a fixed 250 ms: it answers paused callers early."""
+    running = start_service(tmp_path_factory.mktemp("eager"),
+                            {"OPENAI_BASE_URL": llm.base_url, "VOICE_TURN_PRESET": "fixed",
+                             "VOICE_SILENCE_MS": "250"}, name="eager")
+    yield running
+    stop_service(running)
+
+
+async def talk(client: VoiceClient, name: str, settle_s: float = 1.5) -> None:
+    """Say a clip, then stay on the line (silence) until its reply has played."""
+    await client.stream(load_audio(clip(name), client.sample_rate))
+    await client.stream_silence(settle_s)
+    while not client.events_of("response.done"):
+        await client.stream_silence(0.1)
+
+
+def user_messages(request: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in request["messages"] if m["role"] == "user"]
+
+
+@pytest.mark.parametrize("name", ["p_meeting", "p_account", "p_table", "p_remind"])
+async def test_a_paused_utterance_is_answered_once_and_whole(
+        service: RunningService, fresh_llm: LLMServer, name: str) -> None:
+    start = len(fresh_llm.requests)
+    async with VoiceClient(service.url) as client:
+        await talk(client, name)
+    finals = client.events_of("transcript.final")
+    # answered once: one reply completed; a reply that started too early was stopped
+    # as a continuation, never kept beside a second answer
+    assert len(client.events_of("response.done")) == 1
+    assert all(e["reason"] == "continuation" for e in client.events_of("response.interrupted"))
+    answered = finals[-1]["text"]
+    for part in halves(name):  # no word lost: both sides of the pause were answered
+        assert word_recall(part, answered) >= 0.5, (part, answered)
+    requests = fresh_llm.requests[start:]
+    assert all(len(user_messages(r)) == 1 for r in requests)  # the whole, as one message
+    assert user_messages(requests[-1]) == [answered]
+
+
+async def test_resuming_over_an_early_reply_stops_it_and_answers_the_whole(
+        eager_service: RunningService, fresh_llm: LLMServer) -> None:
+    fresh_llm.behaviour.reply = LONG_REPLY
+    audio = load_audio(clip("p_flight"), 16000)
+    second_part = voiced_bounds(audio, 16000)[-1][0]  # "To Boston on Friday."
+    async with VoiceClient(eager_service.url) as client:
+        await talk(client, "p_flight")
+        resumed_ns = client.sent_time_ns(second_part)
+    assert resumed_ns is not None
+    interrupted = client.events_of("response.interrupted")
+    assert [e["reason"] for e in interrupted] == ["continuation"]
+    finals = client.events_of("transcript.final")
+    merged = finals[-1]["text"]
+    assert word_recall("I want to book a flight to Boston on Friday", merged) >= 0.7, merged
+    assert len(client.events_of("response.done")) == 1
+    # the early reply's audio stopped at once: nothing of it was sent once the pause at
+    # speech onset took effect (speech onset 80 ms, plus a frame, plus one chunk)
+    cutoff = resumed_ns + 180_000_000
+    merged_at = finals[-1]["_received_ns"]
+    late = [c for c in client.record.audio if cutoff < c.arrival_ns < merged_at]
+    assert sum(len(c.samples) for c in late) <= 320
+    final_request = fresh_llm.requests[-1]
+    assert user_messages(final_request) == [merged]
+    assert [m["role"] for m in final_request["messages"]] == ["system", "user"]
+
+
+async def reply_length(url: str, over: str | None) -> tuple[int, VoiceClient]:
+    """Samples of the reply to a question, with `over` said into it after ~1 s."""
+    async with VoiceClient(url) as client:
+        await client.stream(load_audio(clip("q_weather"), 16000))
+        await client.wait_for("turn.latency", timeout=15)
+        if over is not None:  # past the continuation window: a barge-in, not a continuation
+            await client.stream_silence(1.5)
+            await client.stream(load_audio(clip(over), 16000))
+        while not client.events_of("response.done") and not client.events_of(
+                "response.interrupted"):
+            await client.stream_silence(0.1)
+        await client.stream_silence(0.5)
+    return sum(len(c.samples) for c in client.record.audio), client
+
+
+@pytest.mark.parametrize("backchannel", ["b_uhhuh", "b_mmhmm", "b_cough"])
+async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
+        service: RunningService, fresh_llm: LLMServer, backchannel: str) -> None:
+    fresh_llm.behaviour.reply = LONG_REPLY
+    plain, _ = await reply_length(service.url, None)
+    with_backchannel, client = await reply_length(service.url, backchannel)
+    assert client.events_of("response.interrupted") == []
+    assert [e["text"] for e in client.events_of("response.done")] == [LONG_REPLY]
+    # Piper's durations vary a little from one synthesis to the next, so compare
+    # lengths within 3 %; an interruption would cut most of this 10 s reply
+    assert abs(with_backchannel - plain) <= 0.03 * plain, (with_backchannel, plain)
+
+
+async def test_a_real_interruption_stops_the_reply(
+        service: RunningService, fresh_llm: LLMServer) -> None:
+    fresh_llm.behaviour.reply = LONG_REPLY
+    plain, _ = await reply_length(service.url, None)
+    interrupted, client = await reply_length(service.url, "i_wrong")
+    assert [e["reason"] for e in client.events_of("response.interrupted")] == ["barge_in"]
+    assert interrupted < plain * 0.7
+
+
+async def test_a_discarded_speculation_leaves_no_trace(
+        service: RunningService, fresh_llm: LLMServer) -> None:
+    start = len(fresh_llm.requests)
+    async with VoiceClient(service.url) as client:
+        await talk(client, "p_table")
+    latency = client.events_of("turn.latency")[-1]
+    assert latency["speculations_discarded"] >= 1  # one started in the pause, then dropped
+    transcript_at = client.events_of("transcript.final")[0]["_received_ns"]
+    assert [c for c in client.record.audio if c.arrival_ns < transcript_at] == []
+    assert len(client.events_of("response.text.delta")) >= 1
+    assert all(len(user_messages(r)) == 1 for r in fresh_llm.requests[start:])
