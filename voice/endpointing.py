@@ -76,7 +76,7 @@ def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
     if not text.endswith((".", "?", "!")):
         return 0.5
     if text.endswith((".", "!")) and final_pitch is not None and final_pitch >= LEVEL_PITCH:
-        return 0.6  # a statement without the final fall of pitch: probably mid-sentence
+        return 0.7  # a statement without the final fall of pitch: probably mid-sentence
     return 0.0
 
 
