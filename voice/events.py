@@ -46,6 +46,7 @@ class TranscriptFinal(Event):
     type: ClassVar[str] = "transcript.final"
     turn_id: int
     text: str
+    audio_ms: int = 0  # length of the caller audio this transcript (and reply) covers
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,13 @@ from pipelines.cascade.llm import Message
 from pipelines.cascade.models import CascadeModels
 from pipelines.cascade.sentences import SentenceSplitter, clean_for_speech
 from pipelines.cascade.stt import hallucination_reason
-from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
+from voice.audio import (
+    PIPELINE_RATE,
+    Int16Array,
+    array_to_pcm16_bytes,
+    resample,
+    trim_leading_silence,
+)
 from voice.clock import Clock
 from voice.errors import ProviderError, VoiceError
 from voice.events import (
@@ -230,7 +236,8 @@ class Reply:
             self.user_text = item.text
             self.history_mark = len(self.ctx.history)
             self.ctx.history.append({"role": "user", "content": item.text})
-            io.emit(TranscriptFinal(turn_id=self.turn_id, text=item.text))
+            io.emit(TranscriptFinal(turn_id=self.turn_id, text=item.text,
+                                    audio_ms=len(self.audio) * 1000 // PIPELINE_RATE))
         elif isinstance(item, _Delta):
             self.text += item.text
             io.emit(ResponseTextDelta(turn_id=self.turn_id, delta=item.text))
