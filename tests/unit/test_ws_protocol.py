@@ -222,8 +222,9 @@ def test_arbitrary_text_gives_control_message_or_protocol_error(text: str) -> No
     (SessionCreated(session_id="abc", sample_rate=24000),
      {"type": "session.created", "session_id": "abc", "sample_rate": 24000,
       "pipeline": "cascade"}),
-    (TranscriptFinal(turn_id=3, text="Zürich? \"quoted\"\n"),
-     {"type": "transcript.final", "turn_id": 3, "text": "Zürich? \"quoted\"\n"}),
+    (TranscriptFinal(turn_id=3, text="Zürich? \"quoted\"\n", audio_ms=1200),
+     {"type": "transcript.final", "turn_id": 3, "text": "Zürich? \"quoted\"\n",
+      "audio_ms": 1200}),
     (TurnLatency(turn_id=1, stages={"stt_ms": 12.5}, speculative=True),
      {"type": "turn.latency", "turn_id": 1, "stages": {"stt_ms": 12.5}, "stamps_ms": {},
       "speculative": True, "speculations_discarded": 0, "provider": ""}),
@@ -240,4 +241,5 @@ def test_encode_event_round_trips_through_json(event: Event, wire_object: dict[s
 
 def test_encoded_transcript_keeps_its_text() -> None:
     decoded = json.loads(encode_event(TranscriptFinal(turn_id=2, text="héllo ✓")))
-    assert decoded == {"type": "transcript.final", "turn_id": 2, "text": "héllo ✓"}
+    assert decoded == {"type": "transcript.final", "turn_id": 2, "text": "héllo ✓",
+                       "audio_ms": 0}
