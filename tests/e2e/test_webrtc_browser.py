@@ -1,0 +1,236 @@
+"""The browser widget in real headless Chromium (Debian's, driven by playwright-core from
+npm: tests/browser/drive_widget.mjs) against the real service and models.
+
+Chromium's fake microphone plays a test WAV; the assertions are what a person would see
+and hear on the demo page: the transcript of both sides, the latency panel, the error
+messages, and the level of the reply audio measured inside the page. Screenshots are
+kept in out/browser/ (set VOICE_DOCS_SCREENSHOT=1 to refresh docs/widget.png).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clients.audiofile import load_audio, save_wav
+from latency_tests.llm_server import LLMServer
+from tests.conftest import word_recall
+from tests.e2e.conftest import SERVICE_ENV, RunningService, free_port, start_service, stop_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "browser" / "drive_widget.mjs"
+ARTIFACTS = ROOT / "out" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+SOUND_DEVICES = Path("/dev/snd").exists()
+STAGES = ["endpointing_ms", "stt_ms", "llm_ms", "first_text_ms", "tts_ms", "transport_ms",
+          "voice_to_voice_ms"]
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return "Debian chromium is not installed (scripts/setup.sh --test, as root)"
+    if not (ROOT / "tests" / "browser" / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (npm ci in tests/browser)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def browser_available() -> None:
+    missing = _browser_missing()
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(missing)  # CI installs them: never skip there
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def web_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RunningService]:
+    running = start_service(tmp_path_factory.mktemp("web"), {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
+        "VOICE_RTC_ALLOW_LOOPBACK": "1", "VOICE_IDLE_TIMEOUT_S": "60"}, name="web")
+    yield running
+    stop_service(running)
+
+
+def fake_microphone(utterance: str, tmp_path: Path) -> Path:
+    """The utterance after 3 s of silence (the call connects meanwhile), then silence:
+    Chromium loops the file, and the test is over long before it comes round again."""
+    rate = 48000
+    speech = load_audio(utterance, rate)
+    silence = np.zeros(3 * rate, np.int16)
+    path = tmp_path / "microphone.wav"
+    save_wav(path, np.concatenate([silence, speech, np.zeros(40 * rate, np.int16)]), rate)
+    return path
+
+
+class DriverFailed(AssertionError):
+    pass
+
+
+async def drive(config: dict[str, Any], on_step: Any = None) -> list[dict[str, Any]]:
+    """Run the driver; return one snapshot per step. `on_step(index)` may act between steps
+    (it runs while the driver goes on with the next one)."""
+    process = await asyncio.create_subprocess_exec(
+        "node", str(DRIVER), json.dumps(config), cwd=DRIVER.parent,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    snapshots: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(240):
+            async for raw in process.stdout:
+                line = json.loads(raw)
+                if line.get("done"):
+                    break
+                if not line["ok"]:
+                    raise DriverFailed(json.dumps(line, indent=1))
+                snapshots.append(line["snapshot"])
+                if on_step is not None:
+                    await on_step(line["step"])
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise DriverFailed((await process.stderr.read()).decode())
+    return snapshots
+
+
+def keep_artifact(path: Path, docs_name: str | None = None) -> None:
+    if docs_name and os.environ.get("VOICE_DOCS_SCREENSHOT") == "1":
+        shutil.copy(path, ROOT / "docs" / docs_name)
+
+
+@pytest.mark.parametrize("path", ["webrtc", "websocket fallback"])
+async def test_a_person_talks_to_the_widget_and_hears_the_reply(
+        web_service: RunningService, fresh_llm: LLMServer, tmp_path: Path,
+        utterances: dict[str, dict[str, str]], path: str) -> None:
+    reply = "It is sunny and warm in Paris today, with a light breeze."
+    fresh_llm.behaviour.reply = reply
+    utterance = utterances["weather"]
+    name = path.split()[0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    speaking, final = ARTIFACTS / f"widget-{name}-speaking.png", ARTIFACTS / f"widget-{name}.png"
+    config = {
+        "url": f"{web_service.url}/",
+        "audioFile": str(fake_microphone(utterance["path"], tmp_path)),
+        "noWebRTC": path == "websocket fallback",  # a browser without WebRTC falls back
+        "failureScreenshot": str(ARTIFACTS / f"widget-{name}-failure.png"),
+        "steps": [
+            {"do": "click"},
+            {"do": "wait", "until": "speaking", "timeoutMs": 60000},
+            {"do": "screenshot", "path": str(speaking)},
+            {"do": "wait", "until": "reply", "timeoutMs": 60000},
+            {"do": "screenshot", "path": str(final)},
+        ],
+    }
+    *_, page = await drive(config)
+    keep_artifact(speaking, "widget.png" if name == "webrtc" else None)
+
+    assert page["transport"] == name
+    assert ("WebRTC" if name == "webrtc" else "WebSocket") in page["stateText"]
+    you, assistant = page["transcript"][:2]
+    assert you.startswith("You: ") and word_recall(utterance["text"], you) >= 0.8, you
+    assert assistant == f"Assistant: {reply}"
+    assert you in page["text"] and assistant in page["text"]  # shown, not just stored
+    # the reply was audible in the page, measured on what the page plays
+    assert page["replyPeakDb"] > -30, page
+    assert page["replyAudibleMs"] >= 1500, page
+    assert list(page["latency"]) == STAGES
+    assert all(re.fullmatch(r"\d+ ms", value) for value in page["latency"].values())
+    assert "Voice to voice" in page["text"] and page["error"] == ""
+    assert speaking.stat().st_size > 10_000 and final.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("microphone, message", [
+    ("deny", "Microphone access was denied. Allow the microphone for this site"),
+    ("none", "No microphone was found. Connect a microphone"),
+])
+async def test_microphone_problems_are_explained(web_service: RunningService, microphone: str,
+                                                 message: str) -> None:
+    if microphone == "none" and SOUND_DEVICES:
+        pytest.skip("this machine has sound devices: Chromium would find a microphone")
+    *_, page = await drive({
+        "url": f"{web_service.url}/", "microphone": microphone,
+        "steps": [{"do": "click"}, {"do": "wait", "until": "error", "timeoutMs": 20000}]})
+    assert message in page["error"]
+    assert page["error"] in page["text"] and page["stateText"] == "Not connected"
+
+
+async def test_an_unreachable_service_is_explained(web_service: RunningService) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    *_, page = await drive({
+        "url": f"{web_service.url}/?server={dead}",
+        "steps": [{"do": "click"}, {"do": "wait", "until": "error", "timeoutMs": 20000}]})
+    assert f"Cannot reach the voice service at {dead}" in page["error"]
+    assert page["error"] in page["text"]
+
+
+def spawn_service(tmp: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (tmp / f"service-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **SERVICE_ENV, **env})
+
+
+def wait_healthy(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the restarted service did not become healthy")
+
+
+async def test_a_lost_connection_is_reported_and_restored(
+        llm: LLMServer, tmp_path: Path, utterances: dict[str, dict[str, str]]) -> None:
+    port = free_port()
+    env = {"OPENAI_BASE_URL": llm.base_url, "VOICE_RTC_ALLOW_LOOPBACK": "1"}
+    services = [spawn_service(tmp_path, port, env)]
+    await asyncio.to_thread(wait_healthy, port)
+
+    async def restart_after_connecting(step: int) -> None:
+        if step == 1:  # connected: the service goes away, then comes back
+            services[0].terminate()
+            await asyncio.to_thread(services[0].wait, 20)
+        if step == 2:  # the widget has noticed
+            services.append(spawn_service(tmp_path, port, env))
+
+    try:
+        snapshots = await drive({
+            "url": f"http://127.0.0.1:{port}/",
+            "audioFile": str(fake_microphone(utterances["name"]["path"], tmp_path)),
+            "steps": [{"do": "click"},
+                      {"do": "wait", "until": "state", "state": "connected"},
+                      {"do": "wait", "until": "state", "state": "reconnecting"},
+                      {"do": "wait", "until": "state", "state": "connected", "timeoutMs": 90000}],
+        }, on_step=restart_after_connecting)
+    finally:
+        for process in services:
+            process.terminate()
+            await asyncio.to_thread(process.wait, 20)
+    lost, restored = snapshots[2], snapshots[3]
+    assert "Reconnecting" in lost["stateText"]
+    assert "connection to the voice service was lost" in lost["error"]
+    assert restored["stateText"].startswith("Connected over WebRTC")
+    assert restored["error"] == "" and restored["reconnects"] >= 1
