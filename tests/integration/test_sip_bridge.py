@@ -1,0 +1,304 @@
+"""The SIP bridge against real SIP programs over loopback (sipp; the Python phone for
+what sipp cannot check), with a recording stub in place of the speech pipeline: call
+setup and teardown, CANCEL, OPTIONS, hold, rejections, limits, authentication,
+registration, RTP timeout and hostile input. No speech models are loaded here."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.sip_client import SipPhone
+from tests.sip.sipp import SIPP, g711_wav, run_sipp, scenario
+from transports.sip.bridge import SipBridge
+from transports.sip.message import SipResponse, parse_message
+from voice.audio import Int16Array
+from voice.clock import MONOTONIC
+from voice.errors import ProtocolError, SipError
+from voice.session import PipelineFactory, Session
+from voice.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"),
+              pytest.mark.skipif(SIPP is None, reason="sipp (sip-tester) is not installed")]
+
+
+class StubPipeline:
+    """Records what the caller sent; the keypad's 0 hangs up, 9 speaks a tone."""
+
+    name = "stub"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.samples = 0
+        self.digits: list[str] = []
+
+    def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
+        self.samples += len(samples)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def interrupt(self, reason: str) -> None:
+        self.session.playout.clear()
+
+    async def announce(self, text: str) -> None:
+        tone = (6000 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype("<i2")
+        self.session.playout.enqueue(tone.tobytes())
+
+    async def handle_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+        if digit == "9":
+            await self.announce("tone")
+        if digit == "0":
+            await self.session.hangup("caller pressed 0")
+
+
+class Stubs:
+    def __init__(self) -> None:
+        self.made: list[StubPipeline] = []
+
+    def lookup(self, name: str | None) -> tuple[str, PipelineFactory]:
+        if name not in (None, "stub"):
+            raise ProtocolError(f"unknown pipeline {name!r}", code="invalid_pipeline")
+
+        def build(session: Session) -> StubPipeline:
+            self.made.append(StubPipeline(session))
+            return self.made[-1]
+
+        return "stub", build
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def running_bridge(**overrides: object) -> AsyncIterator[tuple[SipBridge, Stubs]]:
+    values: dict[str, object] = {"sip_rtp_timeout_s": 30.0, **overrides}
+    settings = replace(Settings(), **values)  # type: ignore[arg-type]
+    stubs = Stubs()
+    bridge = SipBridge(settings, stubs.lookup, MONOTONIC)
+    await bridge.start(port=0)
+    try:
+        yield bridge, stubs
+    finally:
+        await bridge.stop()
+
+
+def target(bridge: SipBridge) -> str:
+    return f"127.0.0.1:{bridge.endpoint.local_address[1]}"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+async def exchange(bridge: SipBridge, data: bytes, wait: float = 0.5) -> list[SipResponse]:
+    """Send one raw datagram to the bridge; the responses that come back in `wait` s."""
+    loop = asyncio.get_running_loop()
+    responses: list[SipResponse] = []
+
+    class Catcher(asyncio.DatagramProtocol):
+        def datagram_received(self, payload: bytes, addr: object) -> None:
+            message = parse_message(payload)
+            assert isinstance(message, SipResponse)
+            responses.append(message)
+
+    transport, _ = await loop.create_datagram_endpoint(Catcher, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        transport.sendto(data.replace(b"PORT", str(port).encode()),
+                         ("127.0.0.1", bridge.endpoint.local_address[1]))
+        await asyncio.sleep(wait)
+    finally:
+        transport.close()
+    return responses
+
+
+def invite(content_type: str = "application/sdp", body: bytes = b"", method: str = "INVITE",
+           extra: str = "", call_id: str = "raw-1") -> bytes:
+    head = (f"{method} sip:assistant@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK{call_id}\r\n"
+            f"From: <sip:t@127.0.0.1>;tag=a\r\nTo: <sip:assistant@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:t@127.0.0.1:PORT>\r\n"
+            f"Max-Forwards: 70\r\nContent-Type: {content_type}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       b"m=audio 40000 RTP/AVP 0\r\n")
+
+
+# --- signalling with sipp ------------------------------------------------------------
+
+async def test_options_gets_200_with_allow(folder: Path) -> None:
+    async with running_bridge() as (bridge, _):
+        result = await run_sipp(scenario("options", folder), target(bridge), folder, timeout=10)
+    assert result.ok, result.errors
+
+
+async def test_cancel_before_answer_gets_487(folder: Path) -> None:
+    async with running_bridge(sip_ring_ms=3000) as (bridge, stubs):
+        result = await run_sipp(scenario("cancel", folder), target(bridge), folder, timeout=10)
+        assert result.ok, result.errors
+        assert bridge.calls == {} and stubs.made == []
+
+
+async def test_hold_and_resume_by_reinvite(folder: Path) -> None:
+    async with running_bridge() as (bridge, stubs):
+        result = await run_sipp(scenario("hold", folder), target(bridge), folder, timeout=15)
+        assert result.ok, result.errors
+        assert len(stubs.made) == 1
+
+
+async def test_inbound_digest_authentication(folder: Path) -> None:
+    async with running_bridge(sip_inbound_user="trunk", sip_inbound_password="s3cret") as (
+            bridge, stubs):
+        good = await run_sipp(scenario("auth_invite", folder), target(bridge), folder,
+                              timeout=10, extra=("-au", "trunk", "-ap", "s3cret"))
+        assert good.ok, good.errors
+        bad = await run_sipp(scenario("auth_invite", folder), target(bridge), folder,
+                             timeout=5, extra=("-au", "trunk", "-ap", "wrong"))
+        assert not bad.ok
+        assert len(stubs.made) == 1  # only the authenticated call reached a pipeline
+
+
+async def test_register_with_digest_and_refresh(folder: Path) -> None:
+    port = free_udp_port()
+    registrar = scenario("registrar", folder, user="assistant", password="pw123", expires=2,
+                         refresh_timeout_ms=5000)
+    sipp = asyncio.create_task(run_sipp(registrar, None, folder, timeout=15,
+                                        extra=("-p", str(port))))
+    await asyncio.sleep(0.5)  # let sipp bind its port
+    async with running_bridge(sip_register=f"sip:127.0.0.1:{port}", sip_user="assistant",
+                              sip_password="pw123") as (bridge, _):
+        result = await sipp
+        assert bridge.registration is not None and bridge.registration.refreshes >= 1
+    assert result.ok, result.errors + result.output
+
+
+@pytest.mark.parametrize("encoding", ["PCMU", "PCMA"])
+async def test_sipp_audio_and_pcap_digits_reach_the_pipeline(folder: Path, encoding: str,
+                                                              utterances: dict[str, dict[str, str]]
+                                                              ) -> None:
+    """sipp sends its audio from its media port and the RFC 4733 pcap from another."""
+    wav = g711_wav(utterances["weather"]["path"], folder / "caller.wav", encoding)
+    path = scenario("uac_speak", folder, payload_type=0 if encoding == "PCMU" else 8,
+                    encoding=encoding, wav=wav, speak_ms=3000, digit=7, listen_ms=800)
+    async with running_bridge() as (bridge, stubs):
+        result = await run_sipp(path, target(bridge), folder, timeout=20)
+    assert result.ok, result.errors
+    (pipeline,) = stubs.made
+    assert pipeline.digits == ["7"]
+    assert pipeline.samples >= 8000 * 2.5  # the whole prompt, and silence after it
+
+
+# --- rejections and limits (raw datagrams: they are about the bytes on the wire) --------
+
+@pytest.mark.parametrize("data, status", [
+    (invite("text/plain", b"hello"), 415),
+    (invite(body=b"v=0\r\no=- 1 1 IN IP4 h\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio 4000 RTP/AVP 18\r\n"), 488),
+    (invite(method="SUBSCRIBE", call_id="raw-2"), 501),
+    (invite(method="PRACK", call_id="raw-3"), 501),
+    (invite(body=SDP, extra="Require: 100rel\r\n", call_id="raw-4"), 420),
+    (invite(body=SDP, call_id="raw-5").replace(b"CSeq: 1 INVITE", b"CSeq: x"), 400),
+    (invite(method="BYE", call_id="raw-6"), 481),
+])
+async def test_requests_it_cannot_serve_get_the_right_status(data: bytes, status: int) -> None:
+    async with running_bridge() as (bridge, _):
+        responses = await exchange(bridge, data)
+    finals = [r.status for r in responses if r.status >= 200]
+    assert finals and set(finals) == {status}, [r.status for r in responses]
+
+
+async def test_sources_outside_the_allow_list_are_ignored() -> None:
+    async with running_bridge(sip_allow="10.0.0.0/8") as (bridge, _):
+        assert await exchange(bridge, invite(method="OPTIONS")) == []
+
+
+async def test_calls_beyond_the_limit_get_486() -> None:
+    async with running_bridge(sip_max_calls=1) as (bridge, _):
+        async with SipPhone(target(bridge), events=False):
+            with pytest.raises(SipError) as caught:
+                async with SipPhone(target(bridge), events=False):
+                    pass
+    assert caught.value.status == 486
+
+
+# --- media and teardown --------------------------------------------------------------------
+
+async def test_digits_from_the_phone_and_bye_from_the_bridge() -> None:
+    async with running_bridge() as (bridge, stubs):
+        phone = SipPhone(target(bridge), codec="PCMA")
+        await phone.connect()
+        await phone.stream_silence(0.4)
+        await phone.send_digit("9")  # the stub answers with a tone
+        await phone.stream_silence(1.4)
+        await phone.send_digit("0")  # ... and hangs up on 0
+        await phone.wait_closed(5)
+        await phone.close()
+    (pipeline,) = stubs.made
+    assert pipeline.digits == ["9", "0"] and pipeline.samples >= 8000 * 1.5
+    assert [e["digit"] for e in phone.events_of("dtmf.received")] == ["9", "0"]
+    assert phone.close_code == 1000  # BYE came from the bridge
+    heard = phone.reply_audio()
+    assert np.abs(heard).max() > 3000  # the tone reached the phone
+    assert phone.rtp_stats.packets > 50 and phone.rtp_stats.sequence_gaps == 0
+
+
+async def test_a_caller_that_vanishes_is_hung_up_on_rtp_timeout() -> None:
+    async with running_bridge(sip_rtp_timeout_s=1.0) as (bridge, _):
+        phone = SipPhone(target(bridge), events=False)
+        await phone.connect()  # and then sends no RTP at all
+        await phone.wait_closed(8)
+        assert phone.close_code == 1000
+        for _ in range(50):
+            if not bridge.calls:
+                break
+            await asyncio.sleep(0.05)
+        assert bridge.calls == {}
+        await phone.close()
+
+
+HOSTILE = [
+    b"\x00" * 100, b"\xff" * 3000, b"INVITE", b"INVITE sip:x SIP/2.0\r\n\r\n",
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKnope\r\nCSeq: 1 INVITE\r\n"
+    b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: ghost\r\n\r\n",
+    invite(body=b"v=0\r\n" + b"a=x\r\n" * 4000, call_id="huge"),  # oversized datagram
+    invite(body=b"\xc3\x28 not sdp", call_id="h1"),
+    invite(body=SDP, call_id="h2").replace(b"Via: SIP/2.0/UDP 127.0.0.1:PORT", b"Via: garbage"),
+    invite(body=SDP, call_id="h3").replace(b"Content-Length: ", b"Content-Length: 9"),
+    invite(body=SDP, call_id="h4").replace(b"From: <sip:t@127.0.0.1>;tag=a", b"From: <sip:"),
+    invite(body=SDP, call_id="h5").replace(b"sip:assistant@127.0.0.1 SIP", b"http://x SIP"),
+    invite(method="ACK", call_id="h6"), invite(method="CANCEL", call_id="h7"),
+    b"\r\n\r\n", b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X-A: b\r\n" * 500 + b"\r\n",
+]
+
+
+async def test_hostile_datagrams_do_not_disturb_a_call_in_progress() -> None:
+    async with running_bridge() as (bridge, stubs):
+        phone = SipPhone(target(bridge))
+        await phone.connect()
+        streaming = asyncio.create_task(phone.stream_silence(1.5))
+        for data in HOSTILE * 3:
+            await exchange(bridge, data, wait=0.01)
+        await streaming
+        await phone.send_digit("5")
+        await phone.wait_for("dtmf.received", digit="5", timeout=5)
+        options = await exchange(bridge, invite(method="OPTIONS", call_id="after"))
+        await phone.close()
+    assert [r.status for r in options] == [200]
+    assert bridge.endpoint.stats.oversized >= 3 and bridge.endpoint.stats.malformed >= 10
+    assert stubs.made[0].digits == ["5"] and phone.rtp_stats.sequence_gaps == 0
