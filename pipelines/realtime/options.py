@@ -1,0 +1,50 @@
+"""What the realtime pipeline is given: its options (from the settings) and the session
+it serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipelines.realtime import protocol as rt
+from voice.events import Event
+from voice.playout import Playout
+from voice.settings import Settings
+
+
+class SessionIO(Protocol):
+    sample_rate: int
+    playout: Playout
+
+    def emit(self, event: Event) -> None: ...
+
+    async def hangup(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RealtimeOptions:
+    instructions: str
+    voice: str
+    turn_detection: rt.TurnDetection
+    silence_ms: int
+    language: str
+    timeout_s: float
+    vad_aggressiveness: int = 2
+    vad_frame_ms: int = 20
+    min_speech_ms: int = 200
+    max_turn_s: float = 30.0
+    dtmf_hangup_digit: str = "0"
+    dtmf_hangup_message: str = "Goodbye."
+    reconnect_backoff_s: float = 0.5
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RealtimeOptions:
+        detection: rt.TurnDetection = (
+            "semantic_vad" if s.realtime_turn_detection == "semantic_vad"
+            else "local" if s.realtime_turn_detection == "local" else "server_vad")
+        return cls(instructions=s.system_prompt, voice=s.realtime_voice,
+                   turn_detection=detection, silence_ms=s.silence_ms, language=s.stt_language,
+                   timeout_s=s.realtime_timeout_s, vad_aggressiveness=s.vad_aggressiveness,
+                   vad_frame_ms=s.vad_frame_ms, min_speech_ms=s.min_speech_ms,
+                   max_turn_s=s.max_turn_s, dtmf_hangup_digit=s.dtmf_hangup_digit,
+                   dtmf_hangup_message=s.dtmf_hangup_message)

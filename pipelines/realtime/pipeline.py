@@ -1,0 +1,422 @@
+"""The realtime pipeline: the caller's audio goes to a speech-to-speech provider over the
+OpenAI Realtime API (GA), and the provider's audio comes back through the session's
+playout, like the cascade's.
+
+Theory of operation. One provider connection at a time: `session.update` (24 kHz PCM
+both ways, input transcription on, turn detection as configured), then caller audio
+is resampled and appended as it arrives, while the receiver turns provider events
+into the session's events (`voice.events`). Turns end either at the provider
+(`server_vad`/`semantic_vad`: `input_audio_buffer.speech_stopped`) or by our own VAD
+(`local`: we commit and ask for a response). Speech over a reply is a barge-in:
+playout stops at once, `response.cancel` and `conversation.item.truncate` (with
+the milliseconds actually heard) go to the provider, `response.interrupted` to the
+caller. A provider `error`, a failed response, a dropped or refused connection, or a
+provider silent past `realtime_timeout_s` end the turn with an `error` event (and a
+spoken apology); the session then reconnects once, after a short backoff, and hangs
+up if that fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+
+from pipelines.cascade.reply import APOLOGY
+from pipelines.cascade.tts import TextToSpeech
+from pipelines.realtime import client_events as ce
+from pipelines.realtime import protocol as rt
+from pipelines.realtime.link import ProviderLink
+from pipelines.realtime.local_turns import LocalTurns, SpeechEnds
+from pipelines.realtime.options import RealtimeOptions, SessionIO
+from pipelines.realtime.provider import RealtimeProvider
+from pipelines.realtime.reply import ProviderReply
+from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, resample
+from voice.clock import Clock
+from voice.errors import ProviderError, ProviderRateLimited, VoiceError
+from voice.events import (
+    ErrorOccurred,
+    ResponseDone,
+    ResponseInterrupted,
+    ResponseTextDelta,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TurnLatency,
+)
+from voice.latency import TurnTimeline
+from voice.playout import wait_until_played
+from voice.turns import TurnEnded, TurnEvent, TurnStarted
+
+log = logging.getLogger(__name__)
+
+STARVATION_S = 0.1  # no audio this long inside a turn counts as silence
+PREFIX_PADDING_MS = 300  # what session_update asks of server VAD
+BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
+HISTORY_TURNS = 40
+
+
+class RealtimePipeline:
+    name = "realtime"
+
+    def __init__(self, provider: RealtimeProvider, options: RealtimeOptions, io: SessionIO,
+                 clock: Clock, tts: TextToSpeech | None = None) -> None:
+        self._provider = provider
+        self._options = options
+        self._io = io
+        self._clock = clock
+        self._tts = tts  # speaks announcements and apologies when the provider cannot
+        self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
+        self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
+        self._local = (LocalTurns(options.vad_aggressiveness, options.vad_frame_ms,
+                                  options.silence_ms, options.min_speech_ms, options.max_turn_s,
+                                  io.sample_rate, rt.PROVIDER_RATE)
+                       if options.turn_detection == "local" else None)
+        self._speech_ends = (SpeechEnds(options.vad_aggressiveness, options.vad_frame_ms,
+                                        io.sample_rate) if self._local is None else None)
+        self._streaming = False  # local VAD: the provider is hearing the current turn
+        self._speaking = False  # provider VAD: between speech_started and speech_stopped
+        o = options
+        self._link = ProviderLink(
+            provider, ce.session_update(o.instructions, o.voice, o.turn_detection, o.silence_ms,
+                                        o.language),
+            o.timeout_s, o.reconnect_backoff_s, self._on_event, self._fail_turn,
+            lambda: self._history)
+        self._watchdog = self._link.watchdog
+        self._turn_id = 0
+        self._timeline: TurnTimeline | None = None  # the current turn, until its reply
+        self._awaiting = False  # the turn ended; its reply has not started yet
+        self._reply: ProviderReply | None = None
+        self._user_items: dict[str, int] = {}  # provider input item → our turn
+        self._history: list[tuple[Literal["user", "assistant"], str]] = []
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # -- the Pipeline protocol ---------------------------------------------------------
+    def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
+        self._audio.put_nowait((samples, arrival_ns))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
+            tg.create_task(self._pump_audio(), name="realtime-audio-in")
+            await self._link.run()
+            self._io.emit(ErrorOccurred(code="realtime_unavailable", message=(
+                "the realtime provider is unavailable; ending the call")))
+            await self._io.hangup("realtime provider unavailable")
+
+    async def interrupt(self, reason: str) -> None:
+        """Stop the reply now; tell the provider what the caller heard."""
+        reply = self._reply
+        if reply is None or reply.finished:
+            return
+        reply.finished = True
+        playout = self._io.playout
+        played_ms, played_text = reply.played(playout)
+        playout.clear()
+        if not reply.timeline.has("first_audio_out"):
+            playout.on_first_send = None
+        await self._cancel_task(reply.finisher)
+        link = self._link
+        if not reply.generated and reply.response_id is not None:
+            await link.send(ce.response_cancel(reply.response_id, link.best_effort_id()))
+            self._watchdog.disarm()
+        reply.generated = True
+        if reply.item_id is not None and reply.provider_samples:
+            heard_ms = min(played_ms, reply.received_ms)
+            await link.send(ce.item_truncate(reply.item_id, heard_ms, link.best_effort_id()))
+        self._remember("assistant", played_text)
+        self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,
+                                          played_text=played_text, reason=reason))
+        log.info("turn %d interrupted (%s) after %d ms of audio", reply.turn_id, reason,
+                 played_ms)
+
+    async def announce(self, text: str) -> None:
+        """Stop any reply and speak `text` with the local voice; wait until heard."""
+        await self.interrupt("announcement")
+        self._io.emit(ResponseTextDelta(turn_id=self._turn_id, delta=text))
+        if self._tts is not None:
+            playout = self._io.playout
+            samples = await self._tts.synthesize(text)
+            playout.enqueue(array_to_pcm16_bytes(
+                resample(samples, self._tts.sample_rate, self._io.sample_rate)))
+            await wait_until_played(playout, playout.enqueued_samples)
+        self._remember("assistant", text)
+        await self._link.send(ce.text_item_create("assistant", text))
+        self._io.emit(ResponseDone(turn_id=self._turn_id, text=text))
+
+    async def handle_dtmf(self, digit: str) -> None:
+        if digit and digit == self._options.dtmf_hangup_digit:
+            await self.announce(self._options.dtmf_hangup_message)
+            await self._io.hangup(f"caller pressed {digit}")
+
+    # -- caller audio ----------------------------------------------------------------------
+    async def _pump_audio(self) -> None:
+        while True:
+            in_turn = self._local.in_turn if self._local is not None else self._speaking
+            try:
+                async with asyncio.timeout(STARVATION_S if in_turn else None):
+                    samples, arrival_ns = await self._audio.get()
+            except TimeoutError:
+                await self._fill_starved_gap()
+                continue
+            provider_samples = self._to_provider.process(samples)
+            if self._speech_ends is not None:
+                self._speech_ends.push(samples, arrival_ns)
+            if self._local is None:
+                await self._send_input(provider_samples, arrival_ns)
+            else:
+                await self._on_local(self._local.push(samples, arrival_ns), provider_samples,
+                                     arrival_ns)
+
+    async def _fill_starved_gap(self) -> None:
+        """The caller stopped sending mid-turn: the gap counts as silence (as in the
+        cascade), so that the turn can end."""
+        now, ms = self._clock.now_ns(), int(STARVATION_S * 1000)
+        if self._local is not None:
+            await self._on_local(self._local.push_silence(ms, now), None, now)
+        else:
+            await self._send_input(np.zeros(rt.PROVIDER_RATE * ms // 1000, np.int16), now)
+
+    async def _send_input(self, samples: Int16Array, arrival_ns: int) -> None:
+        if not self._link.connected or not samples.size:
+            return
+        self._link.input_clock.add(len(samples), arrival_ns)
+        await self._link.send(ce.input_audio_append(array_to_pcm16_bytes(samples)))
+
+    async def _on_local(self, events: list[TurnEvent], samples: Int16Array | None,
+                        arrival_ns: int) -> None:
+        assert self._local is not None
+        for event in events:
+            if isinstance(event, TurnStarted):
+                await self._start_turn(event.speech_start_ns)
+                await self._link.send(ce.input_audio_clear())
+                await self._send_input(self._local.take_preroll(), event.speech_start_ns)
+                self._streaming = True
+        if samples is not None:
+            if self._streaming:
+                await self._send_input(samples, arrival_ns)
+            else:
+                self._local.keep(samples)
+        for event in events:
+            if isinstance(event, TurnEnded):
+                self._streaming = False
+                self._end_turn(event.speech_end_ns, event.turn_end_ns)
+                if not (await self._link.send(ce.input_audio_commit())
+                        and await self._link.send(ce.response_create())):
+                    self._fail_turn(ProviderError(
+                        "the realtime provider is not connected", provider=self._provider.name,
+                        code="realtime_disconnected"))
+
+    # -- turns -------------------------------------------------------------------------------
+    async def _start_turn(self, speech_start_ns: int | None) -> None:
+        if self._reply is not None and not self._reply.finished:
+            await self.interrupt("barge_in")
+        self._turn_id += 1
+        self._timeline = TurnTimeline(self._turn_id)
+        if speech_start_ns is not None:
+            self._timeline.mark("speech_start", speech_start_ns)
+        self._io.emit(SpeechStarted(turn_id=self._turn_id))
+
+    def _end_turn(self, speech_end_ns: int, turn_end_ns: int) -> None:
+        timeline = self._timeline = self._timeline or TurnTimeline(self._turn_id)
+        timeline.mark("speech_end", min(speech_end_ns, turn_end_ns))
+        timeline.mark("turn_end", turn_end_ns)
+        self._io.emit(SpeechStopped(turn_id=self._turn_id))
+        self._awaiting = True
+        self._watchdog.arm()
+
+    def _remember(self, role: Literal["user", "assistant"], text: str) -> None:
+        if text:
+            self._history = [*self._history, (role, text)][-HISTORY_TURNS:]
+
+    # -- provider events -----------------------------------------------------------------
+    async def _on_event(self, event: rt.ServerEvent) -> None:
+        if isinstance(event, rt.SpeechStarted):
+            self._speaking = True
+            self._user_items[event.item_id] = self._turn_id + 1
+            while len(self._user_items) > HISTORY_TURNS:  # transcripts that never came
+                del self._user_items[next(iter(self._user_items))]
+            padding = PREFIX_PADDING_MS if self._options.turn_detection == "server_vad" else 0
+            clock = self._link.input_clock
+            await self._start_turn(clock.arrival_ns(event.audio_start_ms + padding))
+        elif isinstance(event, rt.SpeechStopped):
+            self._on_speech_stopped(event)
+        elif isinstance(event, rt.InputTranscribed):
+            text = event.transcript.strip()
+            self._remember("user", text)
+            if text:
+                turn = self._user_items.pop(event.item_id, self._turn_id)
+                self._io.emit(TranscriptFinal(turn_id=turn, text=text))
+        elif isinstance(event, rt.ResponseCreated):
+            self._on_response_created(event.response_id)
+        elif isinstance(event, rt.OutputItemAdded):
+            reply = self._current(event.response_id)
+            if reply is not None and event.role in (None, "assistant"):
+                reply.item_id = event.item_id
+        elif isinstance(event, rt.AudioDelta):
+            self._on_audio(event)
+        elif isinstance(event, rt.TextDelta):
+            self._on_text(event)
+        elif isinstance(event, rt.ResponseDone):
+            self._on_response_done(event)
+        elif isinstance(event, rt.ServerError):
+            self._on_error(event.error)
+        elif isinstance(event, rt.RateLimitsUpdated):
+            for limit in event.rate_limits:
+                if limit.remaining == 0:
+                    log.warning("realtime provider: %s rate limit exhausted (resets in %s s)",
+                                limit.name, limit.reset_seconds)
+
+    def _on_speech_stopped(self, event: rt.SpeechStopped) -> None:
+        """The provider ended the turn at `audio_end_ms`. The true end of speech is our
+        last speech-like frame before that (the cascade's definition); failing that,
+        `audio_end_ms` less the silence the provider waited (known for server VAD)."""
+        self._speaking = False
+        now = self._clock.now_ns()
+        clock = self._link.input_clock
+        decided = clock.arrival_ns(event.audio_end_ms) or now
+        ours = None
+        if self._speech_ends is not None:
+            start = self._timeline.stamps.get("speech_start") if self._timeline else None
+            ours = self._speech_ends.last_before(decided, not_before=start)
+        silence = self._options.silence_ms if self._options.turn_detection == "server_vad" else 0
+        reported = clock.arrival_ns(max(0, event.audio_end_ms - silence))
+        self._end_turn(ours or reported or now, now)
+
+    def _on_response_created(self, response_id: str) -> None:
+        self._awaiting = False
+        timeline, self._timeline = self._timeline or TurnTimeline(self._turn_id), None
+        self._reply = ProviderReply(
+            turn_id=self._turn_id, timeline=timeline, response_id=response_id,
+            resampler=StreamResampler(rt.PROVIDER_RATE, self._io.sample_rate))
+        self._watchdog.arm()
+
+    def _current(self, response_id: str) -> ProviderReply | None:
+        """The reply this event belongs to, unless it is over (cancelled, failed, stale);
+        news of it keeps the watchdog quiet."""
+        reply = self._reply
+        if reply is None or reply.generated or reply.response_id != response_id:
+            return None
+        self._watchdog.feed()
+        return reply
+
+    def _on_audio(self, event: rt.AudioDelta) -> None:
+        reply = self._current(event.response_id)
+        if reply is None:
+            return
+        reply.timeline.mark("tts_first_audio", self._clock.now_ns())
+        reply.item_id = reply.item_id or event.item_id
+        reply.add_provider_audio(self._io.playout, event.pcm, self._on_first_send(reply))
+
+    def _on_text(self, event: rt.TextDelta) -> None:
+        reply = self._current(event.response_id)
+        if reply is None:
+            return
+        reply.text += event.delta
+        self._io.emit(ResponseTextDelta(turn_id=reply.turn_id, delta=event.delta))
+
+    def _on_response_done(self, event: rt.ResponseDone) -> None:
+        reply = self._current(event.response_id)
+        if reply is None:
+            return
+        self._watchdog.disarm()
+        reply.generated = True
+        if event.status == "failed":
+            error = event.error or rt.ErrorDetail("server_error", None, "the response failed")
+            self._report(self._translate(error))
+            self._finish(reply, apologize=True)
+            return
+        self._link.healthy = self._link.healthy or event.status == "completed"
+        reply.text = reply.text or event.transcript
+        self._finish(reply, apologize=False)
+
+    def _on_error(self, error: rt.ErrorDetail) -> None:
+        if error.code in BENIGN_ERRORS or self._link.is_best_effort(error.event_id):
+            log.debug("realtime provider: %s (%s)", error.message, error.code)
+            return
+        log.warning("realtime provider error %s/%s: %s", error.type, error.code, error.message)
+        exc = self._translate(error)
+        if self._awaiting or (self._reply is not None and not self._reply.generated):
+            self._fail_turn(exc)
+        else:
+            self._report(exc)
+
+    def _translate(self, error: rt.ErrorDetail) -> ProviderError:
+        if error.rate_limited:
+            return ProviderRateLimited(f"realtime provider rate limit: {error.message}",
+                                       provider=self._provider.name,
+                                       code="realtime_rate_limited")
+        return ProviderError(f"realtime provider error: {error.message or error.code}",
+                             provider=self._provider.name, code="realtime_error")
+
+    def _report(self, exc: VoiceError) -> None:
+        self._io.emit(ErrorOccurred(code=exc.code, message=exc.message))
+
+    # -- ending replies ------------------------------------------------------------------
+    def _fail_turn(self, exc: VoiceError) -> None:
+        """The pending or running reply ends now: error event, apology, response.done."""
+        self._watchdog.disarm()
+        self._report(exc)
+        reply = self._reply
+        if reply is not None and not reply.generated:
+            reply.generated = True
+            self._finish(reply, apologize=True)
+        elif self._awaiting:
+            timeline, self._timeline = self._timeline or TurnTimeline(self._turn_id), None
+            reply = ProviderReply(turn_id=self._turn_id, timeline=timeline, generated=True,
+                                  resampler=StreamResampler(rt.PROVIDER_RATE,
+                                                            self._io.sample_rate))
+            self._reply = reply
+            self._finish(reply, apologize=True)
+        self._awaiting = False
+
+    def _finish(self, reply: ProviderReply, apologize: bool) -> None:
+        assert self._tasks is not None
+        reply.finisher = self._tasks.create_task(
+            self._play_out(reply, apologize), name=f"realtime-turn-{reply.turn_id}-finish")
+
+    async def _play_out(self, reply: ProviderReply, apologize: bool) -> None:
+        """Let the reply be heard to its end, then report it done."""
+        playout = self._io.playout
+        on_first_send = self._on_first_send(reply)
+        reply.flush_audio(playout, on_first_send)
+        if apologize and self._tts is not None:
+            try:
+                samples = await self._tts.synthesize(APOLOGY)
+                reply.enqueue(playout, array_to_pcm16_bytes(
+                    resample(samples, self._tts.sample_rate, self._io.sample_rate)),
+                    on_first_send)
+            except ProviderError as exc:
+                log.warning("turn %d: cannot speak the apology: %s", reply.turn_id, exc)
+        if reply.base is not None:
+            await wait_until_played(playout, playout.enqueued_samples)
+        reply.finished = True
+        self._remember("assistant", reply.text)
+        if reply.base is not None or reply.text or apologize:
+            self._io.emit(ResponseDone(turn_id=reply.turn_id, text=reply.text))
+        else:
+            log.info("turn %d: the provider's reply was empty", reply.turn_id)
+
+    def _on_first_send(self, reply: ProviderReply) -> Callable[[int], None]:
+        def first_audio_out(now_ns: int) -> None:
+            reply.timeline.mark("first_audio_out", now_ns)
+            log.info("%s (%s)", reply.timeline.log_line(), self._provider.name)
+            self._io.emit(TurnLatency(turn_id=reply.turn_id, stages=reply.timeline.stages_ms(),
+                                      stamps_ms=reply.timeline.relative_ms(),
+                                      provider=self._provider.name))
+        return first_audio_out
+
+    @staticmethod
+    async def _cancel_task(task: asyncio.Task[None] | None) -> None:
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
