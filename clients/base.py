@@ -50,9 +50,12 @@ ClientFactory = Callable[[str, int, "str | None"], CallClient]
 def make_client(transport: str, url: str, sample_rate: int,
                 pipeline: str | None = None) -> CallClient:
     """The client for `transport` (the one table of them; add new transports here)."""
+    from clients.rtc_client import RtcClient
+    from clients.sip_client import SipPhone
     from clients.ws_client import VoiceClient
 
-    factories: dict[str, ClientFactory] = {"ws": VoiceClient}
+    factories: dict[str, ClientFactory] = {"ws": VoiceClient, "webrtc": RtcClient,
+                                            "sip": SipPhone}
     if transport not in factories:
         raise ValueError(f"unknown transport {transport!r}; available: {', '.join(factories)}")
     return factories[transport](url, sample_rate, pipeline)

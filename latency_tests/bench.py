@@ -1,10 +1,12 @@
-"""`voice bench`: client-measured voice-to-voice latency over the WebSocket transport.
+"""`voice bench`: client-measured voice-to-voice latency over WebSocket, WebRTC or SIP.
 
 Streams each utterance at real-time pace in its own session and measures, on the
 client's clock, the time from sending the last voiced sample to the first audible
 reply sample (as a listener playing audio on arrival would hear it), beside the
 server's per-stage `turn.latency`. Without `--url` it starts the service itself with
-the bundled models and a local zero-delay OpenAI-compatible LLM server.
+the bundled models and a local zero-delay OpenAI-compatible LLM server. Another
+transport than `ws` is measured beside the WebSocket (`--reference`), utterance by
+utterance, on the same service.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TurnMeasure:
     voice_to_voice_ms: float | None
     transcript: str
     server_stages: dict[str, float] = field(default_factory=dict)
+    transport: str = "ws"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +52,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with utterances.json and its WAV files")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each utterance")
     parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--transport", default="ws", help="ws (default) or another transport")
+    parser.add_argument("--transport", default="ws", help="ws (default), webrtc or sip")
+    parser.add_argument("--reference", default="ws",
+                        help="also measure this transport on the same utterances, interleaved, "
+                        "and report it beside --transport (default ws; empty: none)")
     parser.add_argument("--pipeline", default=None, help="pipeline the sessions ask for")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
     parser.add_argument("--turn-taking", action="store_true",
@@ -139,18 +145,39 @@ async def run_bench(args: argparse.Namespace) -> int:
         measures: list[TurnMeasure] = []
         for run in range(args.repeat):
             for name, entry in manifest.items():
-                measure = await measure_one(url, name, corpus / entry["file"], args.sample_rate,
-                                            args.transport, args.pipeline)
-                measures.append(measure)
-                v2v = measure.voice_to_voice_ms
-                print(f"  run {run + 1} {name:<10} "
-                      f"{'no reply' if v2v is None else f'{v2v:.0f} ms'}", flush=True)
-    print()
-    print(report(measures))
+                for transport in _transports(args):
+                    measure = await measure_one(url, name, corpus / entry["file"],
+                                                args.sample_rate, transport, args.pipeline)
+                    measure.transport = transport
+                    measures.append(measure)
+                    v2v = measure.voice_to_voice_ms
+                    print(f"  run {run + 1} {name:<10} {transport:<7} "
+                          f"{'no reply' if v2v is None else f'{v2v:.0f} ms'}", flush=True)
+    for transport in _transports(args):
+        print(f"\n{transport}:")
+        print(report([m for m in measures if m.transport == transport]))
+    if len(_transports(args)) == 2:
+        print("\n" + compare(measures, *_transports(args)))
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text,
                                 json.dumps([asdict(m) for m in measures], indent=1))
     return 0 if all(m.voice_to_voice_ms is not None for m in measures) else 1
+
+
+def _transports(args: argparse.Namespace) -> list[str]:
+    reference = getattr(args, "reference", "")
+    return [args.transport] + ([reference] if reference and reference != args.transport else [])
+
+
+def compare(measures: list[TurnMeasure], transport: str, reference: str) -> str:
+    """The two transports' client medians on the same utterances, and the difference."""
+    def values(name: str) -> list[float]:
+        return [m.voice_to_voice_ms for m in measures
+                if m.transport == name and m.voice_to_voice_ms is not None]
+
+    ours, theirs = median(values(transport)), median(values(reference))
+    return (f"client voice-to-voice median: {transport} {ours:.0f} ms, {reference} "
+            f"{theirs:.0f} ms ({transport} {ours - theirs:+.0f} ms)")
 
 
 @contextlib.asynccontextmanager
@@ -171,11 +198,25 @@ async def _target(args: argparse.Namespace) -> AsyncIterator[str]:
 
 def _serve_args(args: argparse.Namespace) -> list[str]:
     """The realtime pipeline, unless told otherwise, uses the spawned service's own
-    OpenAI-Realtime-compatible endpoint as its provider (`{port}`: the service's port)."""
+    OpenAI-Realtime-compatible endpoint as its provider (`{port}`: the service's port),
+    with semantic VAD, which there is the cascade's own end-of-turn policy: the figure
+    then differs from the cascade's by the realtime path alone (docs/realtime.md)."""
     extra = list(args.serve_arg)
     if args.pipeline == "realtime" and not any(a.startswith("--realtime-url") for a in extra):
         extra.append("--realtime-url=ws://127.0.0.1:{port}/v1/realtime")
+        if not any(a.startswith("--realtime-turn-detection") for a in extra):
+            extra.append("--realtime-turn-detection=semantic_vad")
+    if "webrtc" in _transports(args):  # the client and the service share this machine
+        extra.append("--rtc-allow-loopback")
+    if "sip" in _transports(args) and not any(a.startswith("--sip-port") for a in extra):
+        extra.append(f"--sip-port={_free_udp_port()}")  # the SIP client finds it in /healthz
     return extra
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

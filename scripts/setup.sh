@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the service needs into ./.venv; with --test, also what its tests need.
 #   scripts/setup.sh          the service, its Python dependencies and bundled models
-#   scripts/setup.sh --test   the above plus test tools (pytest, ruff, mypy) and the
-#                             Debian packages the test corpus scripts use (espeak-ng, sox)
+#   scripts/setup.sh --test   the above plus test tools (pytest, ruff, mypy), the
+#                             Debian packages the test corpus scripts use (espeak-ng, sox),
+#                             Debian's chromium for the browser tests, and playwright-core
+#                             from npm in tests/browser (it drives that chromium; no
+#                             browser is downloaded)
 # Debian packages are installed with apt-get when run as root; otherwise it says what
 # is missing. Safe to run again: it only adds what is missing.
 set -euo pipefail
@@ -21,6 +24,11 @@ debs=()
 if [ "$want_tests" = 1 ]; then
   command -v espeak-ng >/dev/null || debs+=(espeak-ng)
   command -v sox >/dev/null || debs+=(sox)
+  [ -x /usr/bin/chromium ] || debs+=(chromium)
+  [ -d /usr/share/fonts/truetype/dejavu ] || debs+=(fonts-dejavu-core)
+  command -v npm >/dev/null || debs+=(nodejs npm)
+  command -v sipp >/dev/null || debs+=(sip-tester)        # SIP tests: sipp
+  command -v baresip >/dev/null || debs+=(baresip-core)   # SIP tests: a real softphone
 fi
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -42,4 +50,8 @@ extra=""
 echo "setup: installing the project${extra} into .venv (first time: a few minutes)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --editable ".${extra}"
+if [ "$want_tests" = 1 ]; then
+  echo "setup: installing playwright-core into tests/browser (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "setup: done. Start the service with: .venv/bin/voice serve"

@@ -1,4 +1,4 @@
-"""The `voice` command: serve, call, bench, settings."""
+"""The `voice` command: serve, call, bench, dial, settings."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return asyncio.run(run_bench(args))
 
 
+def _cmd_dial(args: argparse.Namespace) -> int:
+    from transports.sip.dial import dial
+
+    settings = Settings.load(args, os.environ)
+    _configure_logging(settings.log_level)
+    return asyncio.run(dial(settings, args.target, args.greeting, args.answer_timeout))
+
+
 def _cmd_settings(args: argparse.Namespace) -> int:
     print(Settings.markdown_table())
     return 0
@@ -66,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="stream an audio file to the service as a caller")
     call.add_argument("file", help="audio file (wav, flac, ogg, mp3, ...; any rate)")
     call.add_argument("--url", default="http://127.0.0.1:8000", help="service URL")
-    call.add_argument("--transport", default="ws", help="ws (default), or another transport")
+    call.add_argument("--transport", default="ws",
+                      help="ws (default), webrtc (the URL stays http://...), or sip")
     call.add_argument("--sample-rate", type=int, default=16000, help="session sample rate")
     call.add_argument("--pipeline", default=None, help="cascade (default) or another pipeline")
     call.add_argument("--out", default="reply.wav", help="where to save the reply audio")
@@ -77,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(run=_cmd_bench)
+
+    dial = sub.add_parser("dial", help="place a SIP call that the assistant speaks on")
+    dial.add_argument("target", help="sip:USER@HOST[:PORT]")
+    dial.add_argument("--greeting", default="", help="what the assistant says on answer")
+    dial.add_argument("--answer-timeout", type=float, default=60.0,
+                      help="seconds to wait for an answer before cancelling")
+    Settings.add_arguments(dial)
+    dial.set_defaults(run=_cmd_dial)
 
     table = sub.add_parser("settings", help="print every setting as a Markdown table")
     table.set_defaults(run=_cmd_settings)

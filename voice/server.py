@@ -1,8 +1,10 @@
 """The service: one HTTP/WebSocket listener, shared models, clean shutdown.
 
 Routes: `GET /healthz` (JSON status), `GET /ws` (WebSocket sessions, see
-docs/protocol.md). Models are loaded once before listening. SIGINT/SIGTERM close
-every open session with code 1001 and stop the listener.
+docs/protocol.md), `GET /rtc` (WebRTC signalling), `GET /v1/realtime` (the
+OpenAI-Realtime-compatible endpoint, docs/realtime.md), `GET /` (the demo page) and
+`GET /widget/...` (the browser widget). Models are loaded once before listening.
+SIGINT/SIGTERM close every open session with code 1001 and stop the listener.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from websockets.http11 import Request, Response
 
 from pipelines.cascade.models import CascadeModels, load_models
 from pipelines.cascade.pipeline import CascadePipeline
+from pipelines.realtime.options import RealtimeOptions
+from pipelines.realtime.pipeline import RealtimePipeline
+from pipelines.realtime.provider import WebSocketProvider
+from transports.realtime_api.server import PATH as REALTIME_API_PATH
+from transports.realtime_api.server import RealtimeApiEndpoint
+from transports.sip.bridge import SipBridge
+from transports.webrtc.server import WebRTCTransport
+from transports.webrtc.static import StaticFiles
 from transports.websocket.protocol import CLOSE_GOING_AWAY
 from transports.websocket.server import WebSocketTransport
 from voice.clock import MONOTONIC, Clock
@@ -45,47 +55,86 @@ class Service:
         self.models = models
         self.clock = clock
         self.websocket = WebSocketTransport(settings, self.pipeline_factory, clock)
+        self.realtime_api = RealtimeApiEndpoint(settings, models)
+        self.realtime_provider = WebSocketProvider(
+            settings.realtime_url, settings.realtime_model, settings.openai_api_key,
+            settings.realtime_timeout_s)
+        self.webrtc = WebRTCTransport(settings, self.pipeline_factory, clock, self.open_sessions)
+        self.static = StaticFiles()
+        self.sip = SipBridge(settings, self.pipeline_factory, clock) if settings.sip_port else None
         self._server: Server | None = None
 
     def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
-        name = name or "cascade"
-        if name != "cascade":
-            raise ProtocolError(f"unknown pipeline {name[:40]!r}; available: cascade",
-                                code="invalid_pipeline")
+        """The one table of pipelines; `name` None: the service's default."""
+        pipelines: dict[str, PipelineFactory] = {
+            "cascade": self._cascade, "realtime": self._realtime}
+        name = name or self.settings.pipeline
+        if name not in pipelines:
+            raise ProtocolError(f"unknown pipeline {name[:40]!r}; available: "
+                                + ", ".join(pipelines), code="invalid_pipeline")
+        return name, pipelines[name]
 
-        def build(session: Session) -> CascadePipeline:
-            return CascadePipeline(self.models, self.settings, session, self.clock)
+    def _cascade(self, session: Session) -> CascadePipeline:
+        return CascadePipeline(self.models, self.settings, session, self.clock)
 
-        return name, build
+    def _realtime(self, session: Session) -> RealtimePipeline:
+        return RealtimePipeline(self.realtime_provider, RealtimeOptions.from_settings(
+            self.settings), session, self.clock, tts=self.models.tts)
+
+    def open_sessions(self) -> int:
+        return len(self.websocket.sessions) + len(self.webrtc.sessions)
+
+    async def route(self, connection: ServerConnection) -> None:
+        path = connection.request.path.partition("?")[0] if connection.request else ""
+        if path == "/rtc":
+            await self.webrtc.handle(connection)
+        elif path == REALTIME_API_PATH:
+            await self.realtime_api.handle(connection)
+        else:
+            await self.websocket.handle(connection)
 
     def health(self) -> dict[str, object]:
         return {
             "status": "ok",
-            "sessions": len(self.websocket.sessions),
+            "sessions": self.open_sessions(),
             "max_sessions": self.settings.max_sessions,
-            "pipeline": "cascade",
+            "pipeline": self.settings.pipeline,
+            "realtime_provider": self.realtime_provider.name,
+            "realtime_api_sessions": len(self.realtime_api.connections),
             "stt": self.models.stt.name,
             "tts": self.models.tts.name,
             "llm": self.models.llm.name,
+            "sip_calls": None if self.sip is None else len(self.sip.calls),
+            "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
         }
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return json_response(HTTPStatus.OK, self.health())
-        if path == "/ws":
-            if len(self.websocket.sessions) >= self.settings.max_sessions:
+        if path in ("/ws", "/rtc"):
+            if self.open_sessions() >= self.settings.max_sessions:
                 log.warning("refused a session: at capacity (%d)", self.settings.max_sessions)
                 return http_response(
                     HTTPStatus.SERVICE_UNAVAILABLE,
                     f"at capacity: {self.settings.max_sessions} sessions open; "
                     "try again later\n".encode(), "text/plain")
             return None
+        if path == REALTIME_API_PATH and self.realtime_api.at_capacity():
+            log.warning("refused a realtime API session: at capacity")
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain")
+        if path == REALTIME_API_PATH:
+            return None
+        static = self.static.lookup(path)
+        if static is not None:
+            return http_response(HTTPStatus.OK, static.body, static.content_type)
         return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     async def start(self) -> None:
+        if self.sip is not None:
+            await self.sip.start()
         self._server = await serve(
-            self.websocket.handle, self.settings.host, self.settings.port,
+            self.route, self.settings.host, self.settings.port,
             process_request=self.process_request, compression=None,
             max_size=self.settings.max_message_bytes * 4, ping_interval=20, ping_timeout=20,
             server_header="voice-assistant-service")
@@ -100,11 +149,14 @@ class Service:
     async def stop(self) -> None:
         if self._server is None:
             return
-        connections = list(self.websocket.sessions.values())
+        connections = [*self.websocket.sessions.values(), *self.realtime_api.connections.values()]
         log.info("shutting down: closing %d open session(s)", len(connections))
         self._server.close(close_connections=False)
         await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down")
                                for c in connections), return_exceptions=True)
+        await self.webrtc.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        if self.sip is not None:
+            await self.sip.stop()
         await self._server.wait_closed()
         log.info("stopped")
 

@@ -100,8 +100,8 @@ class Settings:
                                     "browser on this machine connects with no network.")
     rtc_stun_server: str = _opt("", "STUN server (stun:host:port) for WebRTC; empty: none, "
                                 "host candidates only.", shown="(none)")
-    rtc_turn_server: str = _opt("", "TURN server (turn:host:port[?transport=udp|tcp] or "
-                                "turns:host:port) relaying WebRTC media.", shown="(none)")
+    rtc_turn_server: str = _opt("", "TURN server (turn:host:port, turn:host:port?transport=tcp"
+                                " or turns:host:port) relaying WebRTC media.", shown="(none)")
     rtc_turn_username: str = _opt("", "TURN username.", shown="(none)")
     rtc_turn_password: str = _opt("", "TURN password.", secret=True, shown="(none)")
     rtc_peer_timeout_s: float = _opt(10.0, "End a WebRTC call whose peer has not connected "
