@@ -38,7 +38,7 @@ from voice.events import ResponseDone, SpeechStarted, SpeechStopped, TranscriptF
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 SERVER = TypeAdapter(RealtimeServerEvent)
-REPLY = "It is sunny and warm in Paris today."
+REPLY = "It is sunny and warm in London today."
 LONG_REPLY = (
     "Here is a long story about a lighthouse keeper. Every evening he climbed the tower "
     "and lit the lamp for the ships at sea. One night a storm came in from the west and "
