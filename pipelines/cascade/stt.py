@@ -157,10 +157,17 @@ class WhisperSTT:
                           no_speech_prob=float(result.no_speech_prob),
                           avg_logprob=float(result.scores[0]), audio_ms=seconds * 1000)
 
-    def _transcribe_long(self, samples: np.ndarray, seconds: float) -> Transcript:
+    def transcribe_thorough(self, audio: Int16Array) -> Transcript:
+        """faster-whisper's ordinary path with beam search: slower, steadier on long
+        audio with pauses. For offline checks (tests, benches), not for live turns."""
+        samples = int16_to_float32(audio)
+        return self._transcribe_long(samples, len(samples) / PIPELINE_RATE, beam_size=5)
+
+    def _transcribe_long(self, samples: np.ndarray, seconds: float,
+                         beam_size: int = 1) -> Transcript:
         segments, _ = self._model.transcribe(
-            samples, language=self._language, beam_size=1, condition_on_previous_text=False,
-            without_timestamps=True, vad_filter=False)
+            samples, language=self._language, beam_size=beam_size,
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
         segs = list(segments)
         if not segs:
             return Transcript("", 1.0, -10.0, seconds * 1000)

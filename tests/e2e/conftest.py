@@ -108,7 +108,7 @@ def whisper() -> WhisperSTT:
 
 
 def transcribe_back(whisper: WhisperSTT, audio: Int16Array, rate: int) -> str:
-    return whisper.transcribe_sync(resample(audio, rate, 16000)).text
+    return whisper.transcribe_thorough(resample(audio, rate, 16000)).text
 
 
 def noise(seconds: float, rate: int, level: float, seed: int = 1) -> Int16Array:
