@@ -72,3 +72,8 @@ class ProviderTimeout(ProviderError):
 
 class ProviderRateLimited(ProviderError):
     code = "provider_rate_limited"
+
+    def __init__(self, message: str, *, provider: str, code: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, provider=provider, code=code)
+        self.retry_after_s = retry_after_s  # the provider's Retry-After, when it sent one

@@ -80,7 +80,8 @@ class TurnLatency(Event):
     stamps_ms: dict[str, float] = field(default_factory=dict)
     speculative: bool = False  # reply prepared before the turn was confirmed
     speculations_discarded: int = 0  # speculations dropped because the caller went on
-    provider: str = ""
+    provider: str = ""  # the provider that served the turn (LLM endpoint, or realtime)
+    fallback: str = ""  # why the preferred provider did not serve it ("" = it did)
 
 
 @dataclass(frozen=True)

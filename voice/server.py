@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 from http import HTTPStatus
 
@@ -19,9 +20,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from pipelines.cascade.models import CascadeModels, load_models
+from pipelines.cascade.llm import LLMChain
+from pipelines.cascade.models import CascadeModels, breaker_for, load_models
 from pipelines.cascade.pipeline import CascadePipeline
-from pipelines.realtime.options import RealtimeOptions
+from pipelines.realtime.options import RealtimeOptions, SessionIO
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
 from transports.realtime_api.server import PATH as REALTIME_API_PATH
@@ -37,6 +39,7 @@ from voice.session import PipelineFactory, Session
 from voice.settings import Settings
 
 log = logging.getLogger(__name__)
+REPLY_TASK = re.compile(r"turn-\d+-reply")
 
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -49,6 +52,12 @@ def json_response(status: HTTPStatus, data: object) -> Response:
     return http_response(status, json.dumps(data).encode(), "application/json")
 
 
+def replies_running() -> int:
+    """Reply tasks alive now (the cascade's, running or speculative): a leak shows here."""
+    return sum(1 for task in asyncio.all_tasks()
+               if REPLY_TASK.fullmatch(task.get_name()) and not task.done())
+
+
 class Service:
     def __init__(self, settings: Settings, models: CascadeModels, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
@@ -59,6 +68,7 @@ class Service:
         self.realtime_provider = WebSocketProvider(
             settings.realtime_url, settings.realtime_model, settings.openai_api_key,
             settings.realtime_timeout_s)
+        self.realtime_breaker = breaker_for(self.realtime_provider.name, settings)
         self.webrtc = WebRTCTransport(settings, self.pipeline_factory, clock, self.open_sessions)
         self.static = StaticFiles()
         self.sip = SipBridge(settings, self.pipeline_factory, clock) if settings.sip_port else None
@@ -78,8 +88,20 @@ class Service:
         return CascadePipeline(self.models, self.settings, session, self.clock)
 
     def _realtime(self, session: Session) -> RealtimePipeline:
-        return RealtimePipeline(self.realtime_provider, RealtimeOptions.from_settings(
-            self.settings), session, self.clock, tts=self.models.tts)
+        def cascade(io: SessionIO) -> CascadePipeline:
+            return CascadePipeline(self.models, self.settings, io, self.clock)
+
+        return RealtimePipeline(
+            self.realtime_provider, RealtimeOptions.from_settings(self.settings), session,
+            self.clock, tts=self.models.tts, stt=self.models.stt, breaker=self.realtime_breaker,
+            fallback=cascade if self.settings.realtime_fallback == "cascade" else None)
+
+    def breakers(self) -> dict[str, dict[str, object]]:
+        """Every provider's circuit breaker, for /healthz."""
+        found = [self.realtime_breaker]
+        if isinstance(self.models.llm, LLMChain):
+            found += [endpoint.breaker for endpoint in self.models.llm.endpoints]
+        return {breaker.name: breaker.snapshot() for breaker in found}
 
     def open_sessions(self) -> int:
         return len(self.websocket.sessions) + len(self.webrtc.sessions)
@@ -106,6 +128,8 @@ class Service:
             "llm": self.models.llm.name,
             "sip_calls": None if self.sip is None else len(self.sip.calls),
             "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
+            "replies_running": replies_running(),
+            "breakers": self.breakers(),
         }
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:

@@ -44,6 +44,23 @@ class Settings:
     llm_timeout_s: float = _opt(8.0, "Seconds to wait for the LLM's first token (and between "
                                 "tokens) before the turn ends with an apology.")
     llm_max_tokens: int = _opt(300, "Upper bound on reply tokens.")
+    llm_first_token_timeout_s: float = _opt(
+        3.0, "Seconds an LLM endpoint may take to its first token before the turn moves to "
+        "the fallback endpoint (at most llm_timeout_s).")
+    llm_fallback_url: str = _opt("", "Second OpenAI-compatible endpoint, tried within the same "
+                                 "turn when the first fails (empty: none).",
+                                 env="VOICE_LLM_FALLBACK_BASE_URL")
+    llm_fallback_model: str = _opt("", "Model name at the fallback endpoint (empty: llm_model).")
+    llm_fallback_api_key: str = _opt("", "API key of the fallback endpoint.", secret=True)
+    # Circuit breakers, one per provider (voice/resilience.py)
+    breaker_failure_ratio: float = _opt(0.1, "A provider's breaker opens when more than this "
+                                        "share of its calls in the window failed ...")
+    breaker_min_failures: int = _opt(2, "... and at least this many did (or at once on a "
+                                     "429 with Retry-After, for that long).")
+    breaker_window_s: float = _opt(60.0, "The sliding window the breaker counts calls in.")
+    breaker_open_s: float = _opt(30.0, "How long an open breaker skips its provider before one "
+                                 "probe call; doubles, with jitter, after a failed probe.")
+    breaker_max_open_s: float = _opt(300.0, "Longest a breaker stays open (Retry-After too).")
     # Pipelines: cascade (the local models) or realtime (a speech-to-speech provider)
     pipeline: str = _opt("cascade", "Default pipeline of every session: cascade or realtime "
                          "(a WebSocket session may choose with ?pipeline=).")
@@ -56,6 +73,9 @@ class Settings:
     realtime_turn_detection: str = _opt(
         "server_vad", "Who ends a caller's turn in the realtime pipeline: server_vad or "
         "semantic_vad (the provider), or local (this service's VAD, then commit).")
+    realtime_fallback: str = _opt(
+        "cascade", "When the realtime provider is unreachable or its breaker is open: cascade "
+        "(the local cascade serves the rest of the session) or hangup.")
     realtime_timeout_s: float = _opt(10.0, "Seconds the realtime provider may take to connect, "
                                      "to start a reply, or between events of a reply.")
     # STT
@@ -186,6 +206,13 @@ class Settings:
             (self.realtime_turn_detection in ("server_vad", "semantic_vad", "local"),
              "realtime_turn_detection must be server_vad, semantic_vad or local"),
             (self.realtime_timeout_s > 0, "realtime_timeout_s must be positive"),
+            (self.realtime_fallback in ("cascade", "hangup"),
+             "realtime_fallback must be cascade or hangup"),
+            (self.llm_first_token_timeout_s > 0, "llm_first_token_timeout_s must be positive"),
+            (0 <= self.breaker_failure_ratio < 1, "breaker_failure_ratio must be 0-1"),
+            (self.breaker_min_failures >= 1, "breaker_min_failures must be at least 1"),
+            (0 < self.breaker_open_s <= self.breaker_max_open_s and self.breaker_window_s > 0,
+             "breaker_open_s must be positive and at most breaker_max_open_s"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,24 +1,56 @@
-"""Language models: any OpenAI-compatible streaming chat endpoint, or the demo responder.
+"""Language models: any OpenAI-compatible streaming chat endpoint, a fallback chain of
+them, or the demo responder.
 
 OpenAI, Ollama, vLLM and llama.cpp's server all speak the same Chat Completions API;
 `OpenAIChat` uses the official `openai` client against `base_url`. Vendor errors are
 translated into `ProviderError` here, where they enter our code.
+
+`LLMChain` tries its endpoints in order within one turn: an endpoint that answers 429
+or 5xx, cannot be reached, or sends no first token within `first_token_timeout_s` is
+left for the next one at once, and each endpoint's circuit breaker
+(`voice.resilience`) skips it without waiting while it is open. The last endpoint is
+tried even while its breaker is open: with nothing left to fall back to, a try costs
+the caller at most the first-token timeout, where a skip is a certain apology. If an endpoint fails
+mid-reply, the next one is asked to continue the reply, and whatever it repeats of
+the text already produced is dropped, so the caller never hears a sentence twice.
+The `openai` client's own retries are off (`max_retries=0`): a retry of the same
+endpoint costs the caller a full round trip that the next endpoint does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import openai
 
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+
+
+@dataclass
+class ProviderTrace:
+    """Which endpoint served one turn, and the fallbacks on the way (filled by
+    `LLMChain` for the turn whose task set `TURN_TRACE`)."""
+
+    served_by: str = ""
+    fallbacks: list[str] = field(default_factory=list)  # "<endpoint>: <why>"
+
+    @property
+    def fallback(self) -> str:
+        return "; ".join(self.fallbacks)
+
+
+TURN_TRACE: ContextVar[ProviderTrace | None] = ContextVar("turn_trace", default=None)
 
 
 class LanguageModel(Protocol):
@@ -31,37 +63,43 @@ class OpenAIChat:
     """Streaming chat completions; a first-token and inter-token timeout bounds each turn."""
 
     def __init__(self, base_url: str | None, api_key: str, model: str, timeout_s: float,
-                 max_tokens: int) -> None:
+                 max_tokens: int, first_token_timeout_s: float | None = None) -> None:
         self._client = openai.AsyncOpenAI(base_url=base_url or None, api_key=api_key or "none",
                                           max_retries=0, timeout=timeout_s)
         self._model = model
         self._timeout_s = timeout_s
+        self._first_token_timeout_s = first_token_timeout_s or timeout_s
         self._max_tokens = max_tokens
         self.name = f"openai-compatible:{base_url or 'api.openai.com'}:{model}"
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        first = True
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._first_token_timeout_s):
                 response: Any = await self._client.chat.completions.create(
                     model=self._model, messages=messages,  # type: ignore[arg-type]
                     stream=True, max_tokens=self._max_tokens)
             try:
                 iterator = aiter(response)
                 while True:
-                    async with asyncio.timeout(self._timeout_s):
+                    wait = self._first_token_timeout_s if first else self._timeout_s
+                    async with asyncio.timeout(wait):
                         chunk = await anext(iterator, None)
                     if chunk is None:
                         return
                     if chunk.choices and chunk.choices[0].delta.content:
+                        first = False
                         yield chunk.choices[0].delta.content
             finally:
                 await response.close()
         except TimeoutError as exc:
-            raise ProviderTimeout(f"LLM gave no token within {self._timeout_s:g} s",
-                                  provider=self.name, code="llm_timeout") from exc
+            wait = self._first_token_timeout_s if first else self._timeout_s
+            raise ProviderTimeout(f"LLM gave no {'first ' if first else ''}token within "
+                                  f"{wait:g} s", provider=self.name, code="llm_timeout") from exc
         except openai.RateLimitError as exc:
             raise ProviderRateLimited("LLM rate limit (HTTP 429)", provider=self.name,
-                                      code="llm_rate_limited") from exc
+                                      code="llm_rate_limited",
+                                      retry_after_s=_retry_after(exc.response)) from exc
         except openai.APITimeoutError as exc:
             raise ProviderTimeout("LLM request timed out", provider=self.name,
                                   code="llm_timeout") from exc
@@ -94,3 +132,132 @@ class DemoResponder:
 
     async def close(self) -> None:
         return None
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds form), or None."""
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: rare from LLM APIs; the breaker's own timing applies
+
+
+@dataclass
+class Endpoint:
+    model: LanguageModel
+    breaker: CircuitBreaker
+
+
+CONTINUE_PROMPT = ("Your reply above was cut off. Continue it exactly where it stopped, "
+                   "without repeating anything already said.")
+
+
+class LLMChain:
+    """Endpoints in order of preference; see the module docstring. `served_by` and
+    `fallback_reason` describe the last turn (the latency event reports them)."""
+
+    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+        if not endpoints:
+            raise ValueError("an LLM chain needs at least one endpoint")
+        self.endpoints = list(endpoints)
+        self.name = self.endpoints[0].model.name
+
+    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        said = ""  # produced so far in this turn, by any endpoint
+        trace = TURN_TRACE.get() or ProviderTrace()
+        reasons = trace.fallbacks
+        last_error: ProviderError | None = None
+        for endpoint in self.endpoints:
+            model, breaker = endpoint.model, endpoint.breaker
+            if not breaker.allow() and endpoint is not self.endpoints[-1]:
+                reasons.append(f"{model.name}: breaker open")
+                continue
+            if reasons:
+                log.warning("LLM fallback to %s (%s)", model.name, "; ".join(reasons))
+            asked = messages if not said else [
+                *messages, {"role": "assistant", "content": said},
+                {"role": "system", "content": CONTINUE_PROMPT}]
+            repeat = RepeatFilter(said)
+            try:
+                async for delta in model.stream(asked):
+                    text = repeat.push(delta)
+                    if text:
+                        said += text
+                        yield text
+                text = repeat.flush()
+                if text:
+                    said += text
+                    yield text
+            except ProviderError as exc:
+                retry_after = exc.retry_after_s if isinstance(exc, ProviderRateLimited) else None
+                breaker.record_failure(exc.code, retry_after)
+                reasons.append(f"{model.name}: {exc.code}")
+                last_error = exc
+                log.warning("LLM %s failed%s: %s", model.name,
+                            " mid-reply" if said else "", exc)
+                continue
+            breaker.record_success()
+            trace.served_by = model.name
+            for passed in self.endpoints[: self.endpoints.index(endpoint)]:
+                passed.breaker.diverted += 1
+            if reasons:
+                log.info("LLM turn served by %s after fallback (%s)", model.name,
+                         trace.fallback)
+            return
+        raise last_error or ProviderError(
+            "every LLM endpoint is unavailable (circuit breakers open)",
+            provider=self.name, code="llm_unavailable")
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints:
+            close = getattr(endpoint.model, "close", None)
+            if close is not None:
+                await close()
+
+
+class RepeatFilter:
+    """Drops the start of a continuation that repeats `said` (a fallback endpoint that
+    began the reply again instead of continuing it). Compares words, ignoring case and
+    punctuation; text that departs from `said` passes through unchanged."""
+
+    _WORDS = re.compile(r"[\w']+")
+
+    def __init__(self, said: str) -> None:
+        self._said = [w.lower() for w in self._WORDS.findall(said)]
+        self._buffer = ""
+        self._deciding = bool(self._said)
+
+    def push(self, delta: str) -> str:
+        if not self._deciding:
+            return delta
+        self._buffer += delta
+        words = self._WORDS.findall(self._buffer.lower())
+        complete = words if self._buffer[-1:].isspace() or not words else words[:-1]
+        n = len(self._said)
+        if complete[:n] != self._said[: len(complete)]:
+            return self._release(self._buffer)
+        if len(complete) >= n:
+            return self._release(self._after(n))
+        return ""
+
+    def flush(self) -> str:
+        if not self._deciding:
+            return ""
+        words = self._WORDS.findall(self._buffer.lower())
+        if words == self._said[: len(words)]:
+            return self._release(self._after(len(words)))
+        return self._release(self._buffer)
+
+    def _after(self, count: int) -> str:
+        """The buffer after its first `count` words (and the punctuation that follows)."""
+        matches = list(self._WORDS.finditer(self._buffer))
+        if count == 0 or not matches:
+            return self._buffer
+        rest = self._buffer[matches[count - 1].end():]
+        return rest.lstrip(".,;:!?") if rest.strip(" .,;:!?") else ""
+
+    def _release(self, text: str) -> str:
+        self._deciding = False
+        self._buffer = ""
+        return text

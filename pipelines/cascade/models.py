@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pipelines.cascade.llm import DemoResponder, LanguageModel, OpenAIChat
+from pipelines.cascade.llm import DemoResponder, Endpoint, LanguageModel, LLMChain, OpenAIChat
 from pipelines.cascade.stt import SpeechToText, WhisperSTT
 from pipelines.cascade.tts import PiperTTS, TextToSpeech
+from voice.resilience import BreakerPolicy, CircuitBreaker
 from voice.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,32 @@ class CascadeModels:
 
 
 def build_llm(settings: Settings) -> LanguageModel:
-    if not settings.openai_base_url and not settings.openai_api_key:
+    """The LLM of every session: the chain of configured endpoints (one or two), each
+    with its circuit breaker; the demo responder when none is configured."""
+    s = settings
+    endpoints: list[tuple[str | None, str, str]] = []  # (base URL, key, model)
+    if s.openai_base_url or s.openai_api_key:
+        endpoints.append((s.openai_base_url or None, s.openai_api_key, s.llm_model))
+    if s.llm_fallback_url:
+        endpoints.append((s.llm_fallback_url, s.llm_fallback_api_key,
+                          s.llm_fallback_model or s.llm_model))
+    if not endpoints:
         log.warning("no OPENAI_BASE_URL or OPENAI_API_KEY set: using the built-in DEMO "
                     "responder, which only repeats back what it heard")
         return DemoResponder()
-    return OpenAIChat(base_url=settings.openai_base_url or None,
-                      api_key=settings.openai_api_key, model=settings.llm_model,
-                      timeout_s=settings.llm_timeout_s, max_tokens=settings.llm_max_tokens)
+    first_token_s = min(s.llm_first_token_timeout_s, s.llm_timeout_s)
+    return LLMChain([
+        Endpoint(OpenAIChat(base_url=url, api_key=key, model=model, timeout_s=s.llm_timeout_s,
+                            max_tokens=s.llm_max_tokens, first_token_timeout_s=first_token_s),
+                 breaker_for(f"llm:{url or 'api.openai.com'}:{model}", s))
+        for url, key, model in endpoints])
+
+
+def breaker_for(name: str, settings: Settings) -> CircuitBreaker:
+    s = settings
+    return CircuitBreaker(name, BreakerPolicy(
+        failure_ratio=s.breaker_failure_ratio, min_failures=s.breaker_min_failures,
+        window_s=s.breaker_window_s, open_s=s.breaker_open_s, max_open_s=s.breaker_max_open_s))
 
 
 def load_models(settings: Settings) -> CascadeModels:

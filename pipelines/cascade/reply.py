@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipelines.cascade.llm import Message
+from pipelines.cascade.llm import TURN_TRACE, Message, ProviderTrace
 from pipelines.cascade.models import CascadeModels
 from pipelines.cascade.sentences import SentenceSplitter, clean_for_speech
 from pipelines.cascade.stt import hallucination_reason
@@ -128,6 +128,7 @@ class Reply:
     _spoken: list[_Spoken] = field(default_factory=list)
     _base: int | None = None
     _speculative: bool = False
+    _trace: ProviderTrace = field(default_factory=ProviderTrace)
 
     def release(self, turn_end_ns: int, speculative: bool) -> None:
         self._speculative = speculative
@@ -190,6 +191,7 @@ class Reply:
 
     async def _stream_llm(self, messages: list[Message], pieces: asyncio.Queue[str | None]) -> None:
         splitter = SentenceSplitter()
+        TURN_TRACE.set(self._trace)  # this task's context: the chain reports into it
         async for delta in self.ctx.models.llm.stream(messages):
             self._mark("llm_first_token")
             self._put(_Delta(delta))
@@ -258,12 +260,16 @@ class Reply:
 
     def _first_audio_out(self, now_ns: int) -> None:
         self.timeline.mark("first_audio_out", now_ns)
-        log.info("%s%s", self.timeline.log_line(), " (speculative)" if self._speculative else "")
+        provider = self._trace.served_by or self.ctx.models.llm.name
+        fallback = self._trace.fallback
+        log.info("%s%s (llm %s%s)", self.timeline.log_line(),
+                 " (speculative)" if self._speculative else "", provider,
+                 f", fallback: {fallback}" if fallback else "")
         self.ctx.io.emit(TurnLatency(
             turn_id=self.turn_id, stages=self.timeline.stages_ms(),
             stamps_ms=self.timeline.relative_ms(), speculative=self._speculative,
             speculations_discarded=self.speculations_discarded,
-            provider=self.ctx.models.llm.name))
+            provider=provider, fallback=fallback))
 
     # -- interruption ------------------------------------------------------------------
     def played(self) -> tuple[int, str]:

@@ -70,6 +70,10 @@ def item_truncate(item_id: str, audio_end_ms: int, event_id: str) -> dict[str, A
             "content_index": 0, "audio_end_ms": audio_end_ms}
 
 
+def item_delete(item_id: str, event_id: str) -> dict[str, Any]:
+    return {"type": "conversation.item.delete", "event_id": event_id, "item_id": item_id}
+
+
 def text_item_create(role: Literal["user", "assistant"], text: str) -> dict[str, Any]:
     """A text message for the provider's conversation (history after a reconnect)."""
     part = {"type": "input_text" if role == "user" else "output_text", "text": text}

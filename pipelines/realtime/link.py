@@ -6,7 +6,9 @@ pipeline until the connection fails: a refusal, a drop, an `error` answering the
 session, or the watchdog (a provider silent while we wait for it). Each failure is
 reported to the pipeline; the link then reconnects once after a short backoff
 (again once more only if a reply completed on the last connection) and otherwise
-returns, and the pipeline gives up.
+returns, and the pipeline gives up (or falls back). The provider's circuit breaker,
+shared by every session, hears of each success and failure; while it is open, the
+link does not try at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pipelines.realtime import client_events as ce
 from pipelines.realtime import protocol as rt
 from pipelines.realtime.provider import ProviderConnection, RealtimeProvider
 from pipelines.realtime.reply import InputClock, Watchdog
-from voice.errors import ProviderError, ProviderTimeout
+from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ class ProviderLink:
                  timeout_s: float, backoff_s: float,
                  on_event: Callable[[rt.ServerEvent], Awaitable[None]],
                  on_failure: Callable[[ProviderError], None],
-                 history: Callable[[], History]) -> None:
+                 history: Callable[[], History], breaker: CircuitBreaker | None = None
+                 ) -> None:
         self._provider = provider
         self._session_update = session_update
         self._timeout_s = timeout_s
@@ -49,6 +53,7 @@ class ProviderLink:
         self._on_event = on_event
         self._on_failure = on_failure
         self._history = history
+        self._breaker = breaker
         self._conn: ProviderConnection | None = None
         self.watchdog = Watchdog(timeout_s, provider.name)
         self.input_clock = InputClock()
@@ -59,17 +64,25 @@ class ProviderLink:
     def connected(self) -> bool:
         return self._conn is not None
 
-    async def run(self) -> None:
-        """Stay connected; return when the provider is given up on."""
+    async def run(self) -> str:
+        """Stay connected; return why, when the provider is given up on."""
         reconnects = RECONNECTS
         while True:
+            breaker = self._breaker
+            if breaker is not None and not breaker.allow():
+                log.warning("realtime provider %s skipped: its breaker is open (next probe "
+                            "in %.0f s)", self._provider.name, breaker.retry_in_s())
+                return "breaker open"
             failure = await self._connection()
             log.warning("realtime provider %s: %s", self._provider.name, failure)
+            if breaker is not None:
+                breaker.record_failure(failure.code, failure.retry_after_s if isinstance(
+                    failure, ProviderRateLimited) else None)
             self._on_failure(failure)
             if self.healthy:
                 reconnects = RECONNECTS
             if reconnects == 0:
-                return
+                return failure.code
             reconnects -= 1
             await asyncio.sleep(self._backoff_s)
 
@@ -79,6 +92,8 @@ class ProviderLink:
         try:
             async with self._provider.connect() as conn:
                 await self._configure(conn)
+                if self._breaker is not None:
+                    self._breaker.record_success()
                 self._conn = conn
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self.watchdog.run(), name="realtime-watchdog")
@@ -109,6 +124,11 @@ class ProviderLink:
         self.input_clock.reset()
         for role, text in self._history():  # after a reconnect: the story so far
             await conn.send(ce.text_item_create(role, text))
+
+    def diverted(self) -> None:
+        """A fallback serves this session instead of the provider."""
+        if self._breaker is not None:
+            self._breaker.diverted += 1
 
     async def send(self, event: dict[str, Any]) -> bool:
         """Send if connected; a failure here surfaces in the receiver."""

@@ -1,9 +1,13 @@
-"""The service's own turn detection for the realtime pipeline (`--realtime-turn-detection
-local`): our VAD and turn detector decide when the caller's turn ends, and the pipeline
-then commits the provider's input buffer and asks for a response itself.
+"""The service's own turn-taking for the realtime pipeline (`--realtime-turn-detection
+local`): our VAD, turn detector and end-of-turn policy (`voice.endpointing`, the
+cascade's: transcript cues, final pitch, the caller's own pauses) decide when the
+caller's turn ends; the pipeline then commits the provider's input buffer and asks
+for a response itself.
 
 Only the turn's audio goes to the provider: a short pre-roll kept while idle, then
-everything until the turn ends.
+everything until the turn ends. The turn's audio is also kept here, at the provider's
+rate, so that a turn that began over a reply can be held back until it is judged,
+and a continuation can send the previous turn again with the new one.
 """
 
 from __future__ import annotations
@@ -12,30 +16,45 @@ from collections import deque
 
 import numpy as np
 
+from pipelines.realtime.options import RealtimeOptions
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
-from voice.turns import FixedSilence, TurnDetector, TurnEvent, frames_of
+from voice.endpointing import CallerPauses, build_policy
+from voice.turns import TurnDetector, TurnEvent, frames_of
 from voice.vad import FrameClassifier
 
 PREROLL_MS = 400
+JOIN_GAP_MS = 300  # silence put between the parts of a continued utterance
 
 
 class LocalTurns:
-    def __init__(self, aggressiveness: int, frame_ms: int, silence_ms: int,
-                 min_speech_ms: int, max_turn_s: float, session_rate: int,
+    def __init__(self, options: RealtimeOptions, session_rate: int,
                  provider_rate: int) -> None:
-        classifier = FrameClassifier(aggressiveness, frame_ms)
-        self._detector = TurnDetector(classifier, FixedSilence(silence_ms), min_speech_ms,
-                                      max_turn_s)
-        self._frame_ms = frame_ms
+        o = options
+        classifier = FrameClassifier(o.vad_aggressiveness, o.vad_frame_ms)
+        self.pauses = CallerPauses()
+        policy = build_policy(o.turn_preset, o.min_wait_ms, o.max_wait_ms, o.silence_ms,
+                              self.pauses)
+        self._detector = TurnDetector(classifier, policy, o.min_speech_ms, o.max_turn_s,
+                                      onset_ms=o.barge_in_pause_ms)
+        self._frame_ms = o.vad_frame_ms
+        self._provider_rate = provider_rate
         self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
         self._preroll: deque[Int16Array] = deque()
         self._preroll_samples = 0
         self._max_preroll = provider_rate * PREROLL_MS // 1000
+        self._turn: list[Int16Array] = []  # this turn's audio at the provider's rate
 
     @property
     def in_turn(self) -> bool:
         return self._detector.in_turn
+
+    @property
+    def speech_ms(self) -> float:
+        return self._detector.speech_ms
+
+    def set_transcript(self, speech_end_ns: int, text: str, pitch: float | None) -> None:
+        self._detector.set_transcript(speech_end_ns, text, pitch)
 
     def push(self, samples: Int16Array, arrival_ns: int) -> list[TurnEvent]:
         self._pending = np.concatenate([self._pending, self._to_pipeline.process(samples)])
@@ -62,12 +81,25 @@ class LocalTurns:
                 self._max_preroll:
             self._preroll_samples -= len(self._preroll.popleft())
 
-    def take_preroll(self) -> Int16Array:
+    def begin_turn(self) -> Int16Array:
+        """A turn starts: its pre-roll becomes the start of the turn's audio."""
         audio = (np.concatenate(list(self._preroll)) if self._preroll
                  else np.zeros(0, dtype=np.int16))
         self._preroll.clear()
         self._preroll_samples = 0
+        self._turn = [audio]
         return audio
+
+    def add_to_turn(self, provider_samples: Int16Array) -> None:
+        self._turn.append(provider_samples)
+
+    def turn_audio(self, carry: Int16Array | None = None) -> Int16Array:
+        """The turn's audio so far, after `carry` (a previous turn it continues)."""
+        parts = list(self._turn)
+        if carry is not None and carry.size:
+            gap = np.zeros(self._provider_rate * JOIN_GAP_MS // 1000, dtype=np.int16)
+            parts = [carry, gap, *parts]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
 
 class SpeechEnds:

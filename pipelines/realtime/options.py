@@ -36,6 +36,14 @@ class RealtimeOptions:
     dtmf_hangup_digit: str = "0"
     dtmf_hangup_message: str = "Goodbye."
     reconnect_backoff_s: float = 0.5
+    # our own turn-taking (turn_detection "local"), as in the cascade: voice.endpointing
+    turn_preset: str = "default"
+    min_wait_ms: int = 0
+    max_wait_ms: int = 0
+    barge_in_pause_ms: int = 80
+    barge_in_confirm_ms: int = 900
+    continuation_window_ms: int = 1000
+    no_speech_threshold: float = 0.6
 
     @classmethod
     def from_settings(cls, s: Settings) -> RealtimeOptions:
@@ -47,4 +55,9 @@ class RealtimeOptions:
                    timeout_s=s.realtime_timeout_s, vad_aggressiveness=s.vad_aggressiveness,
                    vad_frame_ms=s.vad_frame_ms, min_speech_ms=s.min_speech_ms,
                    max_turn_s=s.max_turn_s, dtmf_hangup_digit=s.dtmf_hangup_digit,
-                   dtmf_hangup_message=s.dtmf_hangup_message)
+                   dtmf_hangup_message=s.dtmf_hangup_message, turn_preset=s.turn_preset,
+                   min_wait_ms=s.min_wait_ms, max_wait_ms=s.max_wait_ms,
+                   barge_in_pause_ms=s.barge_in_pause_ms,
+                   barge_in_confirm_ms=s.barge_in_confirm_ms,
+                   continuation_window_ms=s.continuation_window_ms,
+                   no_speech_threshold=s.stt_no_speech_threshold)

@@ -7,25 +7,33 @@ both ways, input transcription on, turn detection as configured), then caller au
 is resampled and appended as it arrives, while the receiver turns provider events
 into the session's events (`voice.events`). Turns end either at the provider
 (`server_vad`/`semantic_vad`: `input_audio_buffer.speech_stopped`) or by our own VAD
-(`local`: we commit and ask for a response). Speech over a reply is a barge-in:
+(`local`: we commit and ask for a response, with the cascade's turn-taking: adaptive
+end of turn, backchannels that do not interrupt, continuations; see `_on_local`).
+Speech over a reply is a barge-in:
 playout stops at once, `response.cancel` and `conversation.item.truncate` (with
 the milliseconds actually heard) go to the provider, `response.interrupted` to the
 caller. A provider `error`, a failed response, a dropped or refused connection, or a
 provider silent past `realtime_timeout_s` end the turn with an `error` event (and a
-spoken apology); the session then reconnects once, after a short backoff, and hangs
-up if that fails too.
+spoken apology); the session then reconnects once, after a short backoff. If that
+fails too, or the provider's circuit breaker is open (`voice.resilience`, shared by
+all sessions), the local cascade serves the rest of the session when a `fallback` is
+given (`realtime_fallback = cascade`: the audio the provider never heard is replayed
+to it, and its `turn.latency` events say why), and otherwise the call is hung up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Literal
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from pipelines.cascade.reply import APOLOGY
+from pipelines.cascade.stt import SpeechToText, hallucination_reason
 from pipelines.cascade.tts import TextToSpeech
 from pipelines.realtime import client_events as ce
 from pipelines.realtime import protocol as rt
@@ -35,10 +43,12 @@ from pipelines.realtime.options import RealtimeOptions, SessionIO
 from pipelines.realtime.provider import RealtimeProvider
 from pipelines.realtime.reply import ProviderReply
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, resample
+from voice.backchannel import is_backchannel
 from voice.clock import Clock
 from voice.errors import ProviderError, ProviderRateLimited, VoiceError
 from voice.events import (
     ErrorOccurred,
+    Event,
     ResponseDone,
     ResponseInterrupted,
     ResponseTextDelta,
@@ -49,7 +59,17 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
-from voice.turns import TurnEnded, TurnEvent, TurnStarted
+from voice.prosody import final_pitch_ratio
+from voice.resilience import CircuitBreaker
+from voice.turns import (
+    OnsetAbandoned,
+    SpeechOnset,
+    SpeechPaused,
+    SpeechResumed,
+    TurnEnded,
+    TurnEvent,
+    TurnStarted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +77,87 @@ STARVATION_S = 0.1  # no audio this long inside a turn counts as silence
 PREFIX_PADDING_MS = 300  # what session_update asks of server VAD
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 HISTORY_TURNS = 40
+REPLAY_S = 10.0  # audio kept while the provider is not connected, for a fallback to hear
+
+
+class Fallback(Protocol):
+    """What serves a session whose realtime provider is unavailable (the cascade)."""
+
+    name: str
+
+    def push_audio(self, samples: Int16Array, arrival_ns: int) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def interrupt(self, reason: str) -> None: ...
+
+    async def announce(self, text: str) -> None: ...
+
+    async def handle_dtmf(self, digit: str) -> None: ...
+
+
+class _FallbackIO:
+    """The session as the fallback sees it: its `turn.latency` events say why it served."""
+
+    def __init__(self, io: SessionIO, why: str) -> None:
+        self._io = io
+        self._why = why
+        self.sample_rate = io.sample_rate
+        self.playout = io.playout
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, TurnLatency):
+            event = dataclasses.replace(event, fallback="; ".join(
+                part for part in (self._why, event.fallback) if part))
+            log.info("turn %d served by the fallback %s instead of the realtime provider (%s)",
+                     event.turn_id, event.provider, event.fallback)
+        self._io.emit(event)
+
+    async def hangup(self, reason: str) -> None:
+        await self._io.hangup(reason)
+JUDGE_TIMEOUT_S = 2.0  # longest wait for a contested turn's transcript at its end
 
 
 class RealtimePipeline:
     name = "realtime"
 
     def __init__(self, provider: RealtimeProvider, options: RealtimeOptions, io: SessionIO,
-                 clock: Clock, tts: TextToSpeech | None = None) -> None:
+                 clock: Clock, tts: TextToSpeech | None = None,
+                 stt: SpeechToText | None = None, breaker: CircuitBreaker | None = None,
+                 fallback: Callable[[SessionIO], Fallback] | None = None) -> None:
         self._provider = provider
         self._options = options
         self._io = io
         self._clock = clock
         self._tts = tts  # speaks announcements and apologies when the provider cannot
+        self._stt = stt  # local turn-taking: reads and judges the caller's turns
+        self._fallback = fallback
+        self._delegate: Fallback | None = None  # the fallback, once it serves the session
+        self._unheard: deque[tuple[Int16Array, int]] = deque()  # while not connected
+        self._unheard_samples = 0
         self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
         self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
-        self._local = (LocalTurns(options.vad_aggressiveness, options.vad_frame_ms,
-                                  options.silence_ms, options.min_speech_ms, options.max_turn_s,
-                                  io.sample_rate, rt.PROVIDER_RATE)
+        self._local = (LocalTurns(options, io.sample_rate, rt.PROVIDER_RATE)
                        if options.turn_detection == "local" else None)
         self._speech_ends = (SpeechEnds(options.vad_aggressiveness, options.vad_frame_ms,
                                         io.sample_rate) if self._local is None else None)
-        self._streaming = False  # local VAD: the provider is hearing the current turn
+        self._streaming = False  # local VAD: the current turn's audio is being kept
+        self._contested = False  # local VAD: this turn began over a reply, verdict pending
+        self._guess: tuple[int, asyncio.Task[str | None]] | None = None  # (speech end, STT)
+        self._final_pitch: float | None = None
+        self._last_turn: tuple[Int16Array, int] | None = None  # (provider audio, start)
+        self._last_turn_end_ns = 0
+        self._carry: tuple[Int16Array, int] | None = None  # the turn this one continues
+        self._last_user_item: str | None = None
+        self._forgotten: set[str] = set()  # user items a continuation took back
+        self._history_mark = 0  # len(history) when the last turn was committed
         self._speaking = False  # provider VAD: between speech_started and speech_stopped
         o = options
         self._link = ProviderLink(
             provider, ce.session_update(o.instructions, o.voice, o.turn_detection, o.silence_ms,
                                         o.language),
-            o.timeout_s, o.reconnect_backoff_s, self._on_event, self._fail_turn,
-            lambda: self._history)
+            o.timeout_s, o.reconnect_backoff_s, self._on_event, self._on_link_failure,
+            lambda: self._history, breaker)
         self._watchdog = self._link.watchdog
         self._turn_id = 0
         self._timeline: TurnTimeline | None = None  # the current turn, until its reply
@@ -96,19 +169,69 @@ class RealtimePipeline:
 
     # -- the Pipeline protocol ---------------------------------------------------------
     def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
-        self._audio.put_nowait((samples, arrival_ns))
+        if self._delegate is not None:
+            self._delegate.push_audio(samples, arrival_ns)
+        else:
+            self._audio.put_nowait((samples, arrival_ns))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tasks = tg
-            tg.create_task(self._pump_audio(), name="realtime-audio-in")
-            await self._link.run()
-            self._io.emit(ErrorOccurred(code="realtime_unavailable", message=(
-                "the realtime provider is unavailable; ending the call")))
-            await self._io.hangup("realtime provider unavailable")
+            pump = tg.create_task(self._pump_audio(), name="realtime-audio-in")
+            why = await self._link.run()
+            if self._fallback is None:
+                self._io.emit(ErrorOccurred(code="realtime_unavailable", message=(
+                    "the realtime provider is unavailable; ending the call")))
+                await self._io.hangup("realtime provider unavailable")
+                return
+            pump.cancel()
+            await self._fall_back(why)
 
-    async def interrupt(self, reason: str) -> None:
-        """Stop the reply now; tell the provider what the caller heard."""
+    async def _fall_back(self, why: str) -> None:
+        """The fallback serves the rest of the session, from the audio the provider
+        never heard on."""
+        assert self._fallback is not None
+        reason = f"{self._provider.name}: {why}"
+        log.warning("realtime provider unavailable (%s): the %s fallback serves the rest of "
+                    "this session", reason, "cascade")
+        delegate = self._fallback(_FallbackIO(self._io, reason))
+        self._link.diverted()
+        for samples, arrival_ns in [*self._unheard, *self._drain_queue()]:
+            delegate.push_audio(samples, arrival_ns)
+        self._unheard.clear()
+        self._delegate = delegate
+        await delegate.run()
+
+    def _drain_queue(self) -> list[tuple[Int16Array, int]]:
+        items = []
+        while not self._audio.empty():
+            items.append(self._audio.get_nowait())
+        return items
+
+    def _keep_unheard(self, samples: Int16Array, arrival_ns: int) -> None:
+        """Audio the provider did not hear (not connected): a fallback may need it."""
+        if self._fallback is None:
+            return
+        self._unheard.append((samples, arrival_ns))
+        self._unheard_samples += len(samples)
+        while self._unheard_samples - len(self._unheard[0][0]) >= \
+                REPLAY_S * self._io.sample_rate:
+            self._unheard_samples -= len(self._unheard.popleft()[0])
+
+    def _on_link_failure(self, exc: ProviderError) -> None:
+        """The connection failed: a turn in flight ends with an apology; with none in
+        flight, and a fallback to go to, the caller need not hear of it."""
+        in_flight = self._awaiting or (self._reply is not None and not self._reply.generated)
+        if in_flight or self._fallback is None:
+            self._fail_turn(exc)
+
+    async def interrupt(self, reason: str, forget: bool = False) -> None:
+        """Stop the reply now; tell the provider what the caller heard. With `forget`
+        (a continuation) the reply and the user turn it answered leave the
+        conversation, at the provider and here."""
+        if self._delegate is not None:
+            await self._delegate.interrupt(reason)
+            return
         reply = self._reply
         if reply is None or reply.finished:
             return
@@ -124,10 +247,17 @@ class RealtimePipeline:
             await link.send(ce.response_cancel(reply.response_id, link.best_effort_id()))
             self._watchdog.disarm()
         reply.generated = True
-        if reply.item_id is not None and reply.provider_samples:
+        if forget:
+            for item in (reply.item_id, self._last_user_item):
+                if item is not None:
+                    await link.send(ce.item_delete(item, link.best_effort_id()))
+                    self._forgotten.add(item)
+            del self._history[self._history_mark:]
+        elif reply.item_id is not None and reply.provider_samples:
             heard_ms = min(played_ms, reply.received_ms)
             await link.send(ce.item_truncate(reply.item_id, heard_ms, link.best_effort_id()))
-        self._remember("assistant", played_text)
+        if not forget:
+            self._remember("assistant", played_text)
         self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,
                                           played_text=played_text, reason=reason))
         log.info("turn %d interrupted (%s) after %d ms of audio", reply.turn_id, reason,
@@ -135,6 +265,9 @@ class RealtimePipeline:
 
     async def announce(self, text: str) -> None:
         """Stop any reply and speak `text` with the local voice; wait until heard."""
+        if self._delegate is not None:
+            await self._delegate.announce(text)
+            return
         await self.interrupt("announcement")
         self._io.emit(ResponseTextDelta(turn_id=self._turn_id, delta=text))
         if self._tts is not None:
@@ -148,6 +281,9 @@ class RealtimePipeline:
         self._io.emit(ResponseDone(turn_id=self._turn_id, text=text))
 
     async def handle_dtmf(self, digit: str) -> None:
+        if self._delegate is not None:
+            await self._delegate.handle_dtmf(digit)
+            return
         if digit and digit == self._options.dtmf_hangup_digit:
             await self.announce(self._options.dtmf_hangup_message)
             await self._io.hangup(f"caller pressed {digit}")
@@ -162,6 +298,11 @@ class RealtimePipeline:
             except TimeoutError:
                 await self._fill_starved_gap()
                 continue
+            if not self._link.connected:
+                self._keep_unheard(samples, arrival_ns)
+            elif self._unheard:
+                self._unheard.clear()
+                self._unheard_samples = 0
             provider_samples = self._to_provider.process(samples)
             if self._speech_ends is not None:
                 self._speech_ends.push(samples, arrival_ns)
@@ -188,31 +329,149 @@ class RealtimePipeline:
 
     async def _on_local(self, events: list[TurnEvent], samples: Int16Array | None,
                         arrival_ns: int) -> None:
-        assert self._local is not None
+        """Our own turn-taking (`local`), the cascade's decisions: the reply pauses at
+        speech onset; a turn that began over a reply is held back until it is judged
+        (a backchannel or noise resumes the reply; words or long speech interrupt it,
+        or continue the previous turn when it came within the continuation window)."""
+        local = self._local
+        assert local is not None
         for event in events:
-            if isinstance(event, TurnStarted):
-                await self._start_turn(event.speech_start_ns)
-                await self._link.send(ce.input_audio_clear())
-                await self._send_input(self._local.take_preroll(), event.speech_start_ns)
-                self._streaming = True
+            if isinstance(event, SpeechOnset):
+                if self._reply_playing() and self._io.playout.speaking:
+                    self._io.playout.pause()
+            elif isinstance(event, OnsetAbandoned):
+                if not self._contested:
+                    self._io.playout.resume()
+            elif isinstance(event, TurnStarted):
+                await self._local_turn_started(event.speech_start_ns)
+            elif isinstance(event, SpeechPaused):
+                self._cancel_guess()
+                self._final_pitch = final_pitch_ratio(event.audio)
+                self._guess = (event.speech_end_ns, self._spawn(
+                    self._guess_transcript(event.speech_end_ns, event.audio), "guess"))
+            elif isinstance(event, SpeechResumed):
+                local.pauses.record(event.pause_ms)
+                self._cancel_guess()
         if samples is not None:
-            if self._streaming:
-                await self._send_input(samples, arrival_ns)
+            if not self._streaming:
+                local.keep(samples)
             else:
-                self._local.keep(samples)
+                local.add_to_turn(samples)
+                if not self._contested:
+                    await self._send_input(samples, arrival_ns)
+        if self._contested and local.speech_ms >= self._options.barge_in_confirm_ms:
+            await self._confirm_contested("long speech")
         for event in events:
             if isinstance(event, TurnEnded):
-                self._streaming = False
-                self._end_turn(event.speech_end_ns, event.turn_end_ns)
-                if not (await self._link.send(ce.input_audio_commit())
-                        and await self._link.send(ce.response_create())):
-                    self._fail_turn(ProviderError(
-                        "the realtime provider is not connected", provider=self._provider.name,
-                        code="realtime_disconnected"))
+                await self._local_turn_ended(event)
+
+    async def _local_turn_started(self, speech_start_ns: int) -> None:
+        assert self._local is not None
+        self._contested = self._reply_playing()
+        if self._contested:
+            self._io.playout.pause()
+        self._carry = None
+        await self._start_turn(speech_start_ns, interrupt=False)
+        preroll = self._local.begin_turn()
+        self._streaming = True
+        if not self._contested:
+            await self._link.send(ce.input_audio_clear())
+            await self._send_input(preroll, speech_start_ns)
+
+    async def _local_turn_ended(self, event: TurnEnded) -> None:
+        assert self._local is not None
+        if self._contested:
+            heard = await self._judge(event)
+            if is_backchannel(heard):
+                log.info("turn %d: not a barge-in (%r); the reply goes on", self._turn_id,
+                         heard)
+                self._contested = self._streaming = False
+                self._timeline = None
+                self._io.playout.resume()
+                return
+            await self._confirm_contested(f"words: {heard!r}")
+        self._cancel_guess()
+        self._streaming = False
+        start = self._carry[1] if self._carry else event.speech_start_ns
+        self._last_turn = (self._local.turn_audio(self._carry[0] if self._carry else None),
+                           start)
+        self._last_turn_end_ns = event.turn_end_ns
+        self._end_turn(event.speech_end_ns, event.turn_end_ns)
+        self._history_mark = len(self._history)
+        if not (await self._link.send(ce.input_audio_commit())
+                and await self._link.send(ce.response_create())):
+            self._fail_turn(ProviderError(
+                "the realtime provider is not connected", provider=self._provider.name,
+                code="realtime_disconnected"))
+
+    async def _judge(self, event: TurnEnded) -> str | None:
+        """What the caller said in a turn that began over a reply (None: no words)."""
+        guess = self._guess
+        if guess is None or guess[0] != event.speech_end_ns:
+            self._cancel_guess()
+            guess = self._guess = (event.speech_end_ns, self._spawn(
+                self._guess_transcript(event.speech_end_ns, event.audio), "judge"))
+        try:
+            async with asyncio.timeout(JUDGE_TIMEOUT_S):
+                return await asyncio.shield(guess[1])
+        except TimeoutError:
+            log.warning("turn %d: no transcript to judge the barge-in by", self._turn_id)
+            return "(unknown)"  # treated as words: better to stop than to talk over
+
+    async def _confirm_contested(self, why: str) -> None:
+        """The turn over the reply is real: it interrupts the reply, or continues the
+        previous turn; either way its audio so far now goes to the provider."""
+        assert self._local is not None
+        self._contested = False
+        reply, last = self._reply, self._last_turn
+        since_last_end = (self._timeline.stamps.get("speech_start", 0) if self._timeline
+                          else 0) - self._last_turn_end_ns
+        if (reply is not None and last is not None
+                and since_last_end <= self._options.continuation_window_ms * 1_000_000):
+            log.info("turn %d continues turn %d (%s)", self._turn_id, reply.turn_id, why)
+            self._carry = last
+            await self.interrupt("continuation", forget=True)
+            if self._timeline is not None:
+                self._timeline.stamps["speech_start"] = last[1]
+        else:
+            log.info("turn %d interrupts the reply (%s)", self._turn_id, why)
+            await self.interrupt("barge_in")
+        await self._link.send(ce.input_audio_clear())
+        audio = self._local.turn_audio(self._carry[0] if self._carry else None)
+        await self._send_input(audio, self._clock.now_ns())
+
+    async def _guess_transcript(self, speech_end_ns: int, audio: Int16Array) -> str | None:
+        """Transcribe the turn so far with the local STT: the end-of-turn policy reads
+        it, and a contested turn is judged by it. None: no words (or no STT)."""
+        if self._stt is None:
+            return "(no local transcription)"  # judged as words: the reply stops
+        try:
+            transcript = await self._stt.transcribe(audio)
+        except ProviderError as exc:
+            log.warning("turn %d: local transcription failed: %s", self._turn_id, exc)
+            return "(unknown)"
+        text = (None if hallucination_reason(transcript, self._options.no_speech_threshold)
+                else transcript.text)
+        guess = self._guess
+        if self._local is not None and guess is not None and guess[0] == speech_end_ns:
+            self._local.set_transcript(speech_end_ns, text or "", self._final_pitch)
+        return text
+
+    def _cancel_guess(self) -> None:
+        if self._guess is not None:
+            self._guess[1].cancel()
+            self._guess = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, str | None], what: str) -> asyncio.Task[str | None]:
+        assert self._tasks is not None
+        return self._tasks.create_task(coro, name=f"realtime-turn-{self._turn_id}-{what}")
+
+    def _reply_playing(self) -> bool:
+        return self._reply is not None and not self._reply.finished
 
     # -- turns -------------------------------------------------------------------------------
-    async def _start_turn(self, speech_start_ns: int | None) -> None:
-        if self._reply is not None and not self._reply.finished:
+    async def _start_turn(self, speech_start_ns: int | None, interrupt: bool = True) -> None:
+        if interrupt and self._reply_playing():
             await self.interrupt("barge_in")
         self._turn_id += 1
         self._timeline = TurnTimeline(self._turn_id)
@@ -244,9 +503,12 @@ class RealtimePipeline:
             await self._start_turn(clock.arrival_ns(event.audio_start_ms + padding))
         elif isinstance(event, rt.SpeechStopped):
             self._on_speech_stopped(event)
+        elif isinstance(event, rt.InputCommitted):
+            self._last_user_item = event.item_id
         elif isinstance(event, rt.InputTranscribed):
             text = event.transcript.strip()
-            self._remember("user", text)
+            if event.item_id not in self._forgotten:
+                self._remember("user", text)
             if text:
                 turn = self._user_items.pop(event.item_id, self._turn_id)
                 self._io.emit(TranscriptFinal(turn_id=turn, text=text))

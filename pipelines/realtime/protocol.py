@@ -171,6 +171,13 @@ class ItemTruncated:
 
 
 @dataclass(frozen=True)
+class InputCommitted:
+    """The input buffer became a user item (`item_id`)."""
+    event_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
 class OtherEvent:
     """A documented server event the pipeline has no use for (or a newer one)."""
     event_id: str
@@ -181,7 +188,7 @@ class OtherEvent:
 ServerEvent = (SessionConfigured | SpeechStarted | SpeechStopped | InputTranscribed
                | InputTranscriptionFailed | ResponseCreated | OutputItemAdded | AudioDelta
                | TextDelta | ResponseDone | ServerError | RateLimitsUpdated | ItemTruncated
-               | OtherEvent)
+               | InputCommitted | OtherEvent)
 
 
 class _Fields:
@@ -348,7 +355,12 @@ def _truncated(f: _Fields) -> ServerEvent:
                          f.integer("audio_end_ms"))
 
 
+def _committed(f: _Fields) -> ServerEvent:
+    return InputCommitted(f.text("event_id"), f.text("item_id"))
+
+
 _PARSERS = {
+    "input_audio_buffer.committed": _committed,
     "session.created": _session,
     "session.updated": _session,
     "input_audio_buffer.speech_started": _speech_started,

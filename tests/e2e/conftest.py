@@ -4,6 +4,7 @@ local OpenAI-compatible LLM server of `latency_tests.llm_server` as its LLM."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +50,11 @@ class RunningService:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+
 
 def start_service(tmp: Path, env: dict[str, str], name: str = "service") -> RunningService:
     port = free_port()
@@ -69,6 +76,17 @@ def start_service(tmp: Path, env: dict[str, str], name: str = "service") -> Runn
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"service did not become healthy:\n{log_path.read_text()}")
+
+
+def start_self_realtime_service(tmp: Path, env: dict[str, str],
+                                name: str = "realtime") -> RunningService:
+    """A service whose realtime pipeline uses the service's own /v1/realtime endpoint
+    (backed by the cascade) as its provider."""
+    port = free_port()
+    process_env = {**env, "VOICE_REALTIME_URL": f"ws://127.0.0.1:{port}/v1/realtime"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys.modules[__name__], "free_port", lambda: port)
+        return start_service(tmp, process_env, name=name)
 
 
 def stop_service(service: RunningService) -> int:

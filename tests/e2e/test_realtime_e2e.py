@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import re
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -50,13 +48,9 @@ LONG_REPLY = (
 @pytest.fixture(scope="module")
 def service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     """The service, with its realtime pipeline pointed at its own /v1/realtime."""
-    port = e2e.free_port()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(e2e, "free_port", lambda: port)
-        running = e2e.start_service(tmp_path_factory.mktemp("realtime"), {
-            "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test-key-123",
-            "VOICE_REALTIME_URL": f"ws://127.0.0.1:{port}/v1/realtime",
-            "VOICE_IDLE_TIMEOUT_S": "20"})
+    running = e2e.start_self_realtime_service(tmp_path_factory.mktemp("realtime"), {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test-key-123",
+        "VOICE_IDLE_TIMEOUT_S": "20"})
     yield running
     e2e.stop_service(running)
     assert "sk-test-key-123" not in running.log()
@@ -220,14 +214,9 @@ async def test_a_client_gone_mid_reply_leaves_nothing_behind(service: RunningSer
         await connection.response.create()
         await until(connection, "response.output_audio.delta")
     async with asyncio.timeout(10):  # the endpoint's session and its tasks are gone
-        while (await asyncio.to_thread(health, service))["realtime_api_sessions"]:  # noqa: ASYNC110
+        while (await asyncio.to_thread(service.health))["realtime_api_sessions"]:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-
-def health(service: RunningService) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{service.url}/healthz", timeout=5) as response:
-        data: dict[str, Any] = json.load(response)
-        return data
 
 
 # -- the realtime pipeline, with our endpoint as its provider --------------------------------

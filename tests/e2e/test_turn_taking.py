@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -14,7 +15,12 @@ from clients.audiofile import load_audio, voiced_bounds
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
 from tests.conftest import word_recall
-from tests.e2e.conftest import RunningService, start_service, stop_service
+from tests.e2e.conftest import (
+    RunningService,
+    start_self_realtime_service,
+    start_service,
+    stop_service,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -44,6 +50,41 @@ def eager_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
     stop_service(running)
 
 
+@pytest.fixture(scope="module")
+def realtime_local(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RunningService]:
+    """The realtime pipeline with our own turn-taking (`local`), its provider the
+    service's own /v1/realtime endpoint: the same decisions as the cascade's."""
+    running = start_self_realtime_service(
+        tmp_path_factory.mktemp("realtime-local"),
+        {"OPENAI_BASE_URL": llm.base_url, "VOICE_PIPELINE": "realtime",
+         "VOICE_REALTIME_TURN_DETECTION": "local"}, name="realtime-local")
+    yield running
+    stop_service(running)
+
+
+@pytest.fixture(scope="module")
+def eager_realtime(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[RunningService]:
+    """`realtime_local`, ending turns after a fixed 250 ms."""
+    running = start_self_realtime_service(
+        tmp_path_factory.mktemp("eager-realtime"),
+        {"OPENAI_BASE_URL": llm.base_url, "VOICE_PIPELINE": "realtime",
+         "VOICE_REALTIME_TURN_DETECTION": "local", "VOICE_TURN_PRESET": "fixed",
+         "VOICE_SILENCE_MS": "250"}, name="eager-realtime")
+    yield running
+    stop_service(running)
+
+
+def on_line(request: pytest.FixtureRequest, pipeline: str, eager: bool = False
+            ) -> RunningService:
+    fixture = {("cascade", False): "service", ("realtime", False): "realtime_local",
+               ("cascade", True): "eager_service", ("realtime", True): "eager_realtime"
+               }[pipeline, eager]
+    service: RunningService = request.getfixturevalue(fixture)
+    return service
+
+
 async def talk(client: VoiceClient, name: str, settle_s: float = 1.5) -> None:
     """Say a clip, then stay on the line (silence) until its reply has played."""
     await client.stream(load_audio(clip(name), client.sample_rate))
@@ -56,9 +97,12 @@ def user_messages(request: dict[str, Any]) -> list[str]:
     return [m["content"] for m in request["messages"] if m["role"] == "user"]
 
 
-@pytest.mark.parametrize("name", ["p_meeting", "p_account", "p_table", "p_remind"])
+@pytest.mark.parametrize("pipeline, name", [
+    ("cascade", "p_meeting"), ("cascade", "p_account"), ("cascade", "p_table"),
+    ("cascade", "p_remind"), ("realtime", "p_meeting"), ("realtime", "p_account")])
 async def test_a_paused_utterance_is_answered_once_and_whole(
-        service: RunningService, fresh_llm: LLMServer, name: str) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str, name: str) -> None:
+    service = on_line(request, pipeline)
     start = len(fresh_llm.requests)
     async with VoiceClient(service.url) as client:
         await talk(client, name)
@@ -75,8 +119,10 @@ async def test_a_paused_utterance_is_answered_once_and_whole(
     assert user_messages(requests[-1]) == [answered]
 
 
+@pytest.mark.parametrize("pipeline", ["cascade", "realtime"])
 async def test_resuming_over_an_early_reply_stops_it_and_answers_the_whole(
-        eager_service: RunningService, fresh_llm: LLMServer) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str) -> None:
+    eager_service = on_line(request, pipeline, eager=True)
     fresh_llm.behaviour.reply = LONG_REPLY
     audio = load_audio(clip("p_flight"), 16000)
     second_part = voiced_bounds(audio, 16000)[-1][0]  # "To Boston on Friday."
@@ -116,9 +162,13 @@ async def reply_length(url: str, over: str | None) -> tuple[int, VoiceClient]:
     return sum(len(c.samples) for c in client.record.audio), client
 
 
-@pytest.mark.parametrize("backchannel", ["b_uhhuh", "b_mmhmm", "b_cough"])
+@pytest.mark.parametrize("pipeline, backchannel", [
+    ("cascade", "b_uhhuh"), ("cascade", "b_mmhmm"), ("cascade", "b_cough"),
+    ("realtime", "b_uhhuh"), ("realtime", "b_cough")])
 async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
-        service: RunningService, fresh_llm: LLMServer, backchannel: str) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str,
+        backchannel: str) -> None:
+    service = on_line(request, pipeline)
     fresh_llm.behaviour.reply = LONG_REPLY
     plain, _ = await reply_length(service.url, None)
     with_backchannel, client = await reply_length(service.url, backchannel)
@@ -129,8 +179,10 @@ async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
     assert abs(with_backchannel - plain) <= 0.03 * plain, (with_backchannel, plain)
 
 
+@pytest.mark.parametrize("pipeline", ["cascade", "realtime"])
 async def test_a_real_interruption_stops_the_reply(
-        service: RunningService, fresh_llm: LLMServer) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str) -> None:
+    service = on_line(request, pipeline)
     fresh_llm.behaviour.reply = LONG_REPLY
     plain, _ = await reply_length(service.url, None)
     interrupted, client = await reply_length(service.url, "i_wrong")
@@ -143,6 +195,9 @@ async def test_a_discarded_speculation_leaves_no_trace(
     start = len(fresh_llm.requests)
     async with VoiceClient(service.url) as client:
         await talk(client, "p_table")
+        # the call is still open and its reply done: a speculation that was dropped
+        # but not cancelled would still be alive, waiting for a release
+        assert (await asyncio.to_thread(service.health))["replies_running"] == 0
     latency = client.events_of("turn.latency")[-1]
     assert latency["speculations_discarded"] >= 1  # one started in the pause, then dropped
     transcript_at = client.events_of("transcript.final")[0]["_received_ns"]

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,16 +54,11 @@ def rtc_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
     stop_service(running)
 
 
-def health(service: RunningService) -> dict[str, object]:
-    with urllib.request.urlopen(f"{service.url}/healthz", timeout=2) as response:
-        data: dict[str, object] = json.load(response)
-        return data
-
 
 async def wait_no_sessions(service: RunningService, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while True:
-            if (await asyncio.to_thread(health, service))["sessions"] == 0:
+            if (await asyncio.to_thread(service.health))["sessions"] == 0:
                 return
             await asyncio.sleep(0.2)
 
@@ -184,7 +178,7 @@ async def test_a_peer_that_vanishes_mid_reply_is_cleaned_up(
         assert child.stdout is not None
         line = await asyncio.wait_for(child.stdout.readline(), 30)
         assert line.strip() == b"replying"
-        assert health(rtc_service)["sessions"] == 1
+        assert rtc_service.health()["sessions"] == 1
         assert webrtc_resources(pid)["udp_sockets"] > before["udp_sockets"]
         child.send_signal(signal.SIGSTOP)  # gone from the network, its sockets still open
         await wait_no_sessions(rtc_service, timeout=PEER_TIMEOUT_S + 10)
@@ -206,7 +200,7 @@ async def test_a_peer_that_never_completes_ice_is_cleaned_up(
             parse_server_signal(await ws.recv())
             await ws.send(encode_offer(await peer.offer()))
             parse_server_signal(await ws.recv())  # the answer, which we never apply
-            assert health(rtc_service)["sessions"] == 1
+            assert rtc_service.health()["sessions"] == 1
             error = parse_server_signal(await asyncio.wait_for(ws.recv(), PEER_TIMEOUT_S + 5))
             with pytest.raises(websockets.ConnectionClosed):
                 await ws.recv()
