@@ -111,6 +111,7 @@ class TurnDetector:
         self._speech_start_ns = 0
         self._paused = False
         self._peak_db: float | None = None
+        self._fillers = 0  # trailing frames of self._frames that are push_filler's
 
     @property
     def in_turn(self) -> bool:
@@ -134,7 +135,22 @@ class TurnDetector:
         verdict = self._classifier.classify(frame, self._peak_db)
         if not self._in_turn:
             return self._push_idle(frame, arrival_ns, verdict)
+        if self._fillers:  # real audio covers the time the fillers stood in for
+            del self._frames[-self._fillers:]
+            self._fillers = 0
         return self._push_in_turn(frame, arrival_ns, verdict)
+
+    def push_filler(self, now_ns: int) -> list[TurnEvent]:
+        """A frame of silence standing in for audio that did not come (the client
+        stopped sending mid-turn), so that the turn can end. If real audio arrives
+        after all (it was only late), the fillers are taken out again: the turn's
+        audio is only ever what was received."""
+        if not self._in_turn:
+            return []
+        silence = self.silence_frame()
+        self._fillers += 1
+        return self._push_in_turn(silence, now_ns, self._classifier.classify(silence,
+                                                                             self._peak_db))
 
     def _push_idle(self, frame: Int16Array, arrival_ns: int,
                    verdict: FrameVerdict) -> list[TurnEvent]:
@@ -216,6 +232,7 @@ class TurnDetector:
                           turn_end_ns=now_ns, forced=forced)
         self._in_turn = False
         self._frames = []
+        self._fillers = 0
         self._peak_db = None
         return ended
 

@@ -151,11 +151,13 @@ class CascadePipeline:
             await self._confirm_contested("long speech")
 
     async def _fill_starved_gap(self) -> None:
-        """The client stopped sending mid-turn: treat the gap as silence."""
+        """The client stopped sending mid-turn: treat the gap as silence (fillers, taken
+        out again if the audio was only late)."""
         for _ in range(int(STARVATION_S * 1000) // self._settings.vad_frame_ms):
             if not self._detector.in_turn:
                 return
-            await self._push_frame(self._detector.silence_frame(), self._clock.now_ns())
+            for event in self._detector.push_filler(self._clock.now_ns()):
+                await self._on_turn_event(event)
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
         if isinstance(event, SpeechOnset):

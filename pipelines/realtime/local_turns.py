@@ -70,7 +70,7 @@ class LocalTurns:
         for _ in range(ms // self._frame_ms):
             if not self._detector.in_turn:
                 break
-            events.extend(self._detector.push(self._detector.silence_frame(), now_ns))
+            events.extend(self._detector.push_filler(now_ns))
         return events
 
     def keep(self, provider_samples: Int16Array) -> None:

@@ -352,3 +352,37 @@ def test_noise_floor_follows_the_quietest_frame_of_the_last_two_seconds() -> Non
     assert floor.db == pytest.approx(-30.0)
     floor.update(-70.0)  # one quiet frame is enough to lower it at once
     assert floor.db == -70.0
+
+
+@needs_espeak
+def test_fillers_for_late_audio_are_taken_out_of_the_turn(
+        speech: dict[str, Int16Array]) -> None:
+    """Audio that was only late (the loop was busy) must not reach STT with a hole of
+    filler silence in the middle of a word."""
+    audio = np.concatenate([silence(500), speech["weather"], silence(1000)])
+    frames, _ = frames_of(audio, FRAME)
+    middle = (500 + len(speech["weather"]) * 1000 // RATE // 2) // FRAME_MS
+    det = detector(silence_ms=250)
+    ended: list[TurnEnded] = []
+    for index, frame in enumerate(frames):
+        arrival_ns = (index + 1) * FRAME_NS
+        if index == middle:  # 100 ms with no audio, then the late audio after all
+            for _ in range(5):
+                ended += [e for e in det.push_filler(arrival_ns) if isinstance(e, TurnEnded)]
+        ended += [e for e in det.push(frame, arrival_ns) if isinstance(e, TurnEnded)]
+    assert len(ended) == 1
+    turn = ended[0].audio
+    # the turn is the received audio only: the speech, whole, with no filler inside
+    start = np.flatnonzero(turn)[0]
+    assert np.array_equal(turn[start: start + len(speech["weather"])], speech["weather"])
+
+
+@needs_espeak
+def test_fillers_end_a_turn_whose_audio_stopped(speech: dict[str, Int16Array]) -> None:
+    det = detector(silence_ms=100)
+    frames, _ = frames_of(np.concatenate([silence(500), speech["hello"]]), FRAME)
+    for index, frame in enumerate(frames):
+        det.push(frame, (index + 1) * FRAME_NS)
+    assert det.in_turn  # the client went quiet right after the last word
+    events = [e for _ in range(10) for e in det.push_filler(len(frames) * FRAME_NS)]
+    assert [type(e) for e in events] == [SpeechPaused, TurnEnded]
