@@ -95,7 +95,7 @@ class CircuitBreaker:
             self._probing = False
             self._probe_failures += 1
             self._open(now, reason, retry_after_s)
-        elif self.state is BreakerState.CLOSED and (retry_after_s is not None
+        elif self.state is BreakerState.CLOSED and ((retry_after_s or 0) > 0
                                                     or self._tripped()):
             self._open(now, reason, retry_after_s)
 

@@ -205,9 +205,8 @@ class LLMChain:
                 log.info("LLM turn served by %s after fallback (%s)", model.name,
                          trace.fallback)
             return
-        raise last_error or ProviderError(
-            "every LLM endpoint is unavailable (circuit breakers open)",
-            provider=self.name, code="llm_unavailable")
+        assert last_error is not None  # the last endpoint is always tried
+        raise last_error
 
     async def close(self) -> None:
         for endpoint in self.endpoints:

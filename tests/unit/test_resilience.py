@@ -191,3 +191,9 @@ async def test_when_every_endpoint_fails_the_last_error_is_raised() -> None:
             await collect(chain_of(primary, fallback), ProviderTrace())
         assert caught.value.code == "llm_error"
         assert "503" in caught.value.message
+
+
+def test_retry_after_zero_means_try_again_now() -> None:
+    b = breaker(Clock())
+    b.record_failure("llm_rate_limited", retry_after_s=0)
+    assert b.state is BreakerState.CLOSED and b.allow()
