@@ -15,18 +15,17 @@ from voice.settings import Settings
 log = logging.getLogger("voice")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("websockets", "httpx", "openai", "faster_whisper"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from voice.logs import configure
+
+    configure(level, fmt)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from voice.server import serve_forever
 
     settings = Settings.load(args, os.environ)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     asyncio.run(serve_forever(settings))
     return 0
 

@@ -10,11 +10,15 @@ SIGINT/SIGTERM close every open session with code 1001 and stop the listener.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 import signal
+import time
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -34,17 +38,23 @@ from transports.webrtc.static import StaticFiles
 from transports.websocket.protocol import CLOSE_GOING_AWAY
 from transports.websocket.server import WebSocketTransport
 from voice.clock import MONOTONIC, Clock
-from voice.errors import ProtocolError
-from voice.session import PipelineFactory, Session
+from voice.errors import ProtocolError, VoiceError
+from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
+from voice.session import Pipeline, PipelineFactory, Session
 from voice.settings import Settings
 
 log = logging.getLogger(__name__)
+GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard, during a drain
 REPLY_TASK = re.compile(r"turn-\d+-reply")
 
 
-def http_response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+def http_response(status: HTTPStatus, body: bytes, content_type: str,
+                  retry_after: int | None = None) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-store"), ("Connection", "close")])
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -63,15 +73,22 @@ class Service:
         self.settings = settings
         self.models = models
         self.clock = clock
-        self.websocket = WebSocketTransport(settings, self.pipeline_factory, clock)
+        self.draining = False
+        self.live: dict[str, tuple[Session, LiveSession]] = {}
+        self._frames_ended = {"dropped": 0, "concealed": 0}  # of sessions that ended
+        self.metrics = ServiceMetrics(self.live_sessions, self.load, self.breakers,
+                                      self.audio_frames)
+        self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
         self.realtime_api = RealtimeApiEndpoint(settings, models)
         self.realtime_provider = WebSocketProvider(
             settings.realtime_url, settings.realtime_model, settings.openai_api_key,
             settings.realtime_timeout_s)
         self.realtime_breaker = breaker_for(self.realtime_provider.name, settings)
-        self.webrtc = WebRTCTransport(settings, self.pipeline_factory, clock, self.open_sessions)
+        self.webrtc = WebRTCTransport(settings, self._factory_for("webrtc"), clock,
+                                      self.open_sessions)
         self.static = StaticFiles()
-        self.sip = SipBridge(settings, self.pipeline_factory, clock) if settings.sip_port else None
+        self.sip = (SipBridge(settings, self._factory_for("sip"), clock) if settings.sip_port
+                    else None)
         self._server: Server | None = None
 
     def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
@@ -83,6 +100,55 @@ class Service:
             raise ProtocolError(f"unknown pipeline {name[:40]!r}; available: "
                                 + ", ".join(pipelines), code="invalid_pipeline")
         return name, pipelines[name]
+
+    def _factory_for(self, transport: str) -> Callable[[str | None],
+                                                       tuple[str, PipelineFactory]]:
+        """`pipeline_factory` for one transport: its sessions are tracked (metrics,
+        drain) from the moment their pipeline is made."""
+        def lookup(name: str | None) -> tuple[str, PipelineFactory]:
+            chosen, make = self.pipeline_factory(name)
+
+            def build(session: Session) -> Pipeline:
+                live = LiveSession(transport, chosen)
+                self.live[session.id] = (session, live)
+                self.metrics.session_started(live)
+                session.observers.append(functools.partial(self.metrics.observe, chosen))
+                return make(session)
+            return chosen, build
+        return lookup
+
+    def live_sessions(self) -> list[LiveSession]:
+        """The sessions open now (ended ones are let go here)."""
+        for sid, (session, _) in list(self.live.items()):
+            if session.ended.is_set():
+                del self.live[sid]
+                self._frames_ended["dropped"] += session.frames_dropped
+                self._frames_ended["concealed"] += session.frames_concealed
+        return [live for _, live in self.live.values()]
+
+    def audio_frames(self) -> dict[str, int]:
+        self.live_sessions()
+        open_sessions = [session for session, _ in self.live.values()]
+        return {"dropped": self._frames_ended["dropped"]
+                + sum(s.frames_dropped for s in open_sessions),
+                "concealed": self._frames_ended["concealed"]
+                + sum(s.frames_concealed for s in open_sessions)}
+
+    def load(self) -> WorkerLoad:
+        return WorkerLoad(len(self.live_sessions()), self.settings.max_sessions, self.draining)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready: models loaded (always, once listening), not draining, below capacity;
+        with the load, so that a balancer can prefer the least-loaded worker."""
+        load = self.load()
+        at_capacity = self.open_sessions() >= self.settings.max_sessions
+        ready = not load.draining and not at_capacity
+        return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
+                       "capacity": load.capacity,
+                       "load": round(load.sessions / max(1, load.capacity), 3),
+                       "sip_calls": None if self.sip is None else len(self.sip.calls),
+                       "reason": "draining" if load.draining
+                       else "at capacity" if at_capacity else ""}
 
     def _cascade(self, session: Session) -> CascadePipeline:
         return CascadePipeline(self.models, self.settings, session, self.clock)
@@ -136,6 +202,16 @@ class Service:
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return json_response(HTTPStatus.OK, self.health())
+        if path == "/readyz":
+            ready, body = self.readiness()
+            return json_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        if path == "/metrics":
+            return http_response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
+        if self.draining and path in ("/ws", "/rtc", REALTIME_API_PATH):
+            log.info("refused a session on %s: draining", path)
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 b"draining: this worker is shutting down; connect to "
+                                 b"another\n", "text/plain", retry_after=5)
         if path in ("/ws", "/rtc"):
             if self.open_sessions() >= self.settings.max_sessions:
                 log.warning("refused a session: at capacity (%d)", self.settings.max_sessions)
@@ -170,6 +246,36 @@ class Service:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    async def drain(self, timeout_s: float, stop_now: asyncio.Event) -> None:
+        """Take no new sessions; let the active ones finish for up to `timeout_s` (or
+        until `stop_now`); then say goodbye to those left and hang up."""
+        self.draining = True
+        if self.sip is not None:
+            self.sip.draining = True
+        started = time.monotonic()
+        log.info("draining: %d session(s) active; no new sessions; up to %g s",
+                 len(self.live_sessions()), timeout_s)
+        ended = asyncio.gather(*(session.ended.wait() for session, _ in self.live.values()))
+        stopped = asyncio.ensure_future(stop_now.wait())
+        waiters: list[asyncio.Future[Any]] = [ended, stopped]
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        stopped.cancel()
+        left = [session for session, _ in self.live.values() if not session.ended.is_set()]
+        if left and not stop_now.is_set():
+            log.info("drain timeout: ending %d session(s) with a goodbye", len(left))
+            await asyncio.gather(*(self._goodbye(s) for s in left), return_exceptions=True)
+        log.info("drained in %.1f s", time.monotonic() - started)
+
+    async def _goodbye(self, session: Session) -> None:
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                if session.pipeline is not None:
+                    await session.pipeline.announce(self.settings.drain_message)
+        except (TimeoutError, VoiceError) as exc:
+            log.warning("session %s: no goodbye (%s)", session.id, exc)
+        await session.hangup("the service is shutting down")
+
     async def stop(self) -> None:
         if self._server is None:
             return
@@ -190,9 +296,16 @@ async def serve_forever(settings: Settings) -> None:
     models = await asyncio.to_thread(load_models, settings)
     service = Service(settings, models)
     await service.start()
-    stop = asyncio.Event()
+    stop, drain = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    draining = asyncio.ensure_future(drain.wait())
+    await asyncio.wait([stopping, draining], return_when=asyncio.FIRST_COMPLETED)
+    if drain.is_set() and not stop.is_set():
+        loop.add_signal_handler(signal.SIGTERM, stop.set)  # a second SIGTERM: stop now
+        await service.drain(settings.drain_timeout_s, stop)
+    stopping.cancel()
+    draining.cancel()
     await service.stop()

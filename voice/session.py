@@ -16,6 +16,7 @@ from typing import Protocol
 from voice.audio import Int16Array
 from voice.clock import Clock
 from voice.events import DtmfReceived, Event
+from voice.logs import SESSION_ID
 from voice.playout import Playout
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,16 @@ class Session:
         self._hangup = hangup
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self.pipeline: Pipeline | None = None
+        self.observers: list[Callable[[Event], None]] = []  # see every event (metrics)
+        self.ended = asyncio.Event()  # set when run() returns, however it ends
+        self.frames_dropped = 0  # caller audio frames lost (late or unusable)
+        self.frames_concealed = 0  # caller audio frames made up for lost ones
 
     def emit(self, event: Event) -> None:
         """Queue an event for the client; never blocks the caller."""
         self._events.put_nowait(event)
+        for observer in self.observers:
+            observer(event)
 
     def push_audio(self, samples: Int16Array) -> None:
         if self.pipeline is not None and samples.size:
@@ -86,12 +93,16 @@ class Session:
             await self._hangup(reason)
 
     async def run(self, factory: PipelineFactory) -> None:
-        self.pipeline = factory(self)
-        async with asyncio.TaskGroup() as tg:
-            if self._pushes_audio:
-                tg.create_task(self.playout.run(), name=f"{self.id}-playout")
-            tg.create_task(self._send_events(), name=f"{self.id}-events")
-            tg.create_task(self.pipeline.run(), name=f"{self.id}-pipeline")
+        SESSION_ID.set(self.id)  # every log line of this session's tasks carries it
+        try:
+            self.pipeline = factory(self)
+            async with asyncio.TaskGroup() as tg:
+                if self._pushes_audio:
+                    tg.create_task(self.playout.run(), name=f"{self.id}-playout")
+                tg.create_task(self._send_events(), name=f"{self.id}-events")
+                tg.create_task(self.pipeline.run(), name=f"{self.id}-pipeline")
+        finally:
+            self.ended.set()
 
     async def _send_events(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,12 @@ class Settings:
     host: str = _opt("127.0.0.1", "Address the HTTP/WebSocket server binds to.")
     port: int = _opt(8000, "TCP port of the HTTP/WebSocket server.")
     log_level: str = _opt("INFO", "Log level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = _opt("text", "Log lines as text or json (one object per line); both "
+                           "carry the session id.")
+    drain_timeout_s: float = _opt(300.0, "On SIGTERM: how long active calls may go on (no new "
+                                  "ones are taken) before they are ended with drain_message.")
+    drain_message: str = _opt("Sorry, this line is closing now. Please call again. Goodbye.",
+                              "Spoken to calls still active when the drain timeout ends.")
     # LLM
     openai_base_url: str = _opt(
         "", "OpenAI-compatible endpoint; empty with no key = built-in demo responder.",
@@ -89,6 +96,10 @@ class Settings:
     # TTS
     tts_voice: str = _opt("", "Piper voice .onnx path; empty = bundled en_US-joe-medium.")
     tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.")
+    debug_stage_delay: str = _opt(
+        "", "Testing only: add delay to cascade stages, STAGE=MS[,STAGE=MS] with stages stt, "
+        "llm, tts (e.g. stt=150), to check that the latency suite catches a slower stage.",
+        shown="(none)")
     # Turn detection
     vad_aggressiveness: int = _opt(2, "webrtcvad aggressiveness 0-3.")
     vad_frame_ms: int = _opt(20, "VAD frame length: 10, 20 or 30 ms.")
@@ -206,6 +217,10 @@ class Settings:
             (self.realtime_turn_detection in ("server_vad", "semantic_vad", "local"),
              "realtime_turn_detection must be server_vad, semantic_vad or local"),
             (self.realtime_timeout_s > 0, "realtime_timeout_s must be positive"),
+            (_STAGE_DELAYS.fullmatch(self.debug_stage_delay) is not None,
+             "debug_stage_delay must be STAGE=MS[,STAGE=MS...], stages stt, llm, tts"),
+            (self.log_format in ("text", "json"), "log_format must be text or json"),
+            (self.drain_timeout_s >= 0, "drain_timeout_s must be 0 or more"),
             (self.realtime_fallback in ("cascade", "hangup"),
              "realtime_fallback must be cascade or hangup"),
             (self.llm_first_token_timeout_s > 0, "llm_first_token_timeout_s must be positive"),
@@ -236,6 +251,9 @@ class Settings:
             rows.append(f"| `--{f.name.replace('_', '-')}` | `{cls.env_name(f)}` | "
                         f"`{default}` | {f.metadata['help']} |")
         return "\n".join(rows)
+
+
+_STAGE_DELAYS = re.compile(r"(|(stt|llm|tts)=\d+(\.\d+)?(,(stt|llm|tts)=\d+(\.\d+)?)*)")
 
 
 def boolean(raw: str) -> bool:

@@ -122,14 +122,14 @@ async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         assert [m["role"] for m in history] == ["system", "user", "user"]
 
 
-async def test_sigterm_closes_open_sessions_with_1001(
+async def test_sigint_closes_open_sessions_with_1001_at_once(
         llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> None:
     service = start_service(tmp_path_factory.mktemp("shutdown"),
                             {"OPENAI_BASE_URL": llm.base_url}, name="shutdown")
     try:
         async with VoiceClient(service.url) as first, VoiceClient(service.url) as second:
             await first.stream_silence(0.2)
-            service.process.send_signal(signal.SIGTERM)
+            service.process.send_signal(signal.SIGINT)  # SIGTERM drains: test_operations
             await first.wait_closed()
             await second.wait_closed()
             assert (first.close_code, second.close_code) == (1001, 1001)

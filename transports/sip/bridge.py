@@ -65,10 +65,16 @@ class _Ringing:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+DRAINING_RETRY_AFTER_S = 30
+DRAINING_HEADERS = (("Retry-After", str(DRAINING_RETRY_AFTER_S)),
+                    ("Warning", '399 - "draining: this worker is shutting down"'))
+
+
 class SipBridge:
     def __init__(self, settings: Settings, pipelines: FactoryLookup, clock: Clock) -> None:
         self.settings = settings
         self._pipelines = pipelines
+        self.draining = False  # SIGTERM: new calls and OPTIONS probes get 503
         self._clock = clock
         self._allow = parse_allow_list(settings.sip_allow)
         self._rtp_ports = parse_port_range(settings.sip_rtp_ports)
@@ -190,6 +196,9 @@ class SipBridge:
         return call if call.dialog.local_tag in tags and call.dialog.remote_tag in tags else None
 
     def _on_options(self, transaction: ServerTransaction, call: SipCall | None) -> None:
+        if self.draining and call is None:  # a balancer's probe: send calls elsewhere
+            self.endpoint.reply(transaction, 503, headers=DRAINING_HEADERS)
+            return
         self.endpoint.reply(transaction, 200, headers=(
             ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ""),
             ("Contact", self.contact)))
@@ -258,6 +267,9 @@ class SipBridge:
                 self.endpoint.reply(transaction, 401, headers=(
                     ("WWW-Authenticate", self._verifier.challenge(now, verdict == "stale")),))
                 raise _Handled
+        if self.draining:
+            self.endpoint.reply(transaction, 503, headers=DRAINING_HEADERS)
+            raise _Handled
         if request.call_id in self.calls or request.call_id in self._ringing:
             raise SipError(482, "this Call-ID is already in use", code="sip_loop")
         if len(self.calls) + len(self._ringing) >= self.settings.sip_max_calls:
