@@ -30,6 +30,7 @@ from pipelines.cascade.pipeline import CascadePipeline
 from pipelines.realtime.options import RealtimeOptions, SessionIO
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
+from transports.audio_api.server import AudioApi
 from transports.realtime_api.server import PATH as REALTIME_API_PATH
 from transports.realtime_api.server import RealtimeApiEndpoint
 from transports.sip.bridge import SipBridge
@@ -90,6 +91,8 @@ class Service:
         self.sip = (SipBridge(settings, self._factory_for("sip"), clock) if settings.sip_port
                     else None)
         self._server: Server | None = None
+        self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key)
+                          if settings.audio_api_port else None)
 
     def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
         """The one table of pipelines; `name` None: the service's default."""
@@ -194,6 +197,7 @@ class Service:
             "llm": self.models.llm.name,
             "sip_calls": None if self.sip is None else len(self.sip.calls),
             "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
+            "audio_api_port": None if self.audio_api is None else self.audio_api.port,
             "replies_running": replies_running(),
             "breakers": self.breakers(),
         }
@@ -233,6 +237,8 @@ class Service:
     async def start(self) -> None:
         if self.sip is not None:
             await self.sip.start()
+        if self.audio_api is not None:
+            await self.audio_api.start(self.settings.host, self.settings.audio_api_port)
         self._server = await serve(
             self.route, self.settings.host, self.settings.port,
             process_request=self.process_request, compression=None,
@@ -287,6 +293,8 @@ class Service:
         await self.webrtc.close_all(CLOSE_GOING_AWAY, "server shutting down")
         if self.sip is not None:
             await self.sip.stop()
+        if self.audio_api is not None:
+            await self.audio_api.stop()
         await self._server.wait_closed()
         log.info("stopped")
 

@@ -96,6 +96,22 @@ class Settings:
     # TTS
     tts_voice: str = _opt("", "Piper voice .onnx path; empty = bundled en_US-joe-medium.")
     tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.")
+    # Shared inference: STT/TTS on an OpenAI audio API server (another worker, or OpenAI)
+    stt_url: str = _opt("", "OpenAI audio API base URL (e.g. http://gpu-box:8001/v1) for "
+                        "speech-to-text instead of the local model; empty: local.")
+    stt_api_key: str = _opt("", "API key for --stt-url.", secret=True)
+    stt_remote_model: str = _opt("whisper-1", "Transcription model asked of --stt-url.")
+    tts_url: str = _opt("", "OpenAI audio API base URL for text-to-speech instead of the "
+                        "local voice; empty: local.")
+    tts_api_key: str = _opt("", "API key for --tts-url.", secret=True)
+    tts_remote_model: str = _opt("tts-1", "Speech model asked of --tts-url.")
+    tts_remote_voice: str = _opt("alloy", "Voice asked of --tts-url.")
+    remote_timeout_s: float = _opt(10.0, "Longest wait for --stt-url or --tts-url per call.")
+    audio_api_port: int = _opt(0, "Serve the OpenAI audio API (/v1/audio/transcriptions and "
+                               "/v1/audio/speech) from the local models on this TCP port, on "
+                               "--host, for other workers; 0: off.", shown="0 (off)")
+    audio_api_key: str = _opt("", "If set, --audio-api-port requires this bearer key.",
+                              secret=True)
     debug_stage_delay: str = _opt(
         "", "Testing only: add delay to cascade stages, STAGE=MS[,STAGE=MS] with stages stt, "
         "llm, tts (e.g. stt=150), to check that the latency suite catches a slower stage.",
@@ -220,6 +236,10 @@ class Settings:
             (_STAGE_DELAYS.fullmatch(self.debug_stage_delay) is not None,
              "debug_stage_delay must be STAGE=MS[,STAGE=MS...], stages stt, llm, tts"),
             (self.log_format in ("text", "json"), "log_format must be text or json"),
+            (0 <= self.audio_api_port < 65536, "audio_api_port must be 0-65535"),
+            (not self.audio_api_port or not (self.stt_url or self.tts_url),
+             "audio_api_port serves the local models: not with stt_url or tts_url"),
+            (self.remote_timeout_s > 0, "remote_timeout_s must be positive"),
             (self.drain_timeout_s >= 0, "drain_timeout_s must be 0 or more"),
             (self.realtime_fallback in ("cascade", "hangup"),
              "realtime_fallback must be cascade or hangup"),

@@ -10,8 +10,10 @@ import logging
 from dataclasses import dataclass
 
 from pipelines.cascade.llm import DemoResponder, Endpoint, LanguageModel, LLMChain, OpenAIChat
+from pipelines.cascade.remote import RemoteSTT, RemoteTTS
 from pipelines.cascade.stt import SpeechToText, WhisperSTT
 from pipelines.cascade.tts import PiperTTS, TextToSpeech
+from voice.errors import ProviderError
 from voice.resilience import BreakerPolicy, CircuitBreaker
 from voice.settings import Settings
 
@@ -55,12 +57,25 @@ def breaker_for(name: str, settings: Settings) -> CircuitBreaker:
 
 
 def load_models(settings: Settings) -> CascadeModels:
-    stt = WhisperSTT.load(settings.stt_model, settings.stt_device, settings.stt_compute_type,
-                          settings.stt_threads, settings.stt_language)
-    log.info("speech-to-text loaded: %s (%s, %s)", stt.name, settings.stt_device,
-             settings.stt_compute_type)
-    tts = PiperTTS.load(settings.tts_voice, settings.tts_voice_config)
-    log.info("text-to-speech loaded: %s (%d Hz)", tts.name, tts.sample_rate)
+    s = settings
+    stt: SpeechToText
+    if s.stt_url:
+        stt = RemoteSTT(s.stt_url, s.stt_api_key, s.stt_remote_model, s.stt_language,
+                        s.remote_timeout_s)
+        log.info("speech-to-text: remote %s", stt.name)
+    else:
+        stt = WhisperSTT.load(s.stt_model, s.stt_device, s.stt_compute_type, s.stt_threads,
+                              s.stt_language)
+        log.info("speech-to-text loaded: %s (%s, %s)", stt.name, s.stt_device,
+                 s.stt_compute_type)
+    tts: TextToSpeech
+    if s.tts_url:
+        tts = RemoteTTS(s.tts_url, s.tts_api_key, s.tts_remote_model, s.tts_remote_voice,
+                        s.remote_timeout_s)
+        log.info("text-to-speech: remote %s", tts.name)
+    else:
+        tts = PiperTTS.load(s.tts_voice, s.tts_voice_config)
+        log.info("text-to-speech loaded: %s (%d Hz)", tts.name, tts.sample_rate)
     llm = build_llm(settings)
     log.info("language model: %s", llm.name)
     warm_up(stt, tts)
@@ -74,7 +89,10 @@ def warm_up(stt: SpeechToText, tts: TextToSpeech) -> None:
     import numpy as np
 
     async def _run() -> None:
-        await stt.transcribe(np.zeros(16000, dtype=np.int16))
-        await tts.synthesize("Hello.")
+        try:
+            await stt.transcribe(np.zeros(16000, dtype=np.int16))
+            await tts.synthesize("Hello.")
+        except ProviderError as exc:  # a remote server that is not up yet: say so, go on
+            log.warning("warm-up failed (%s); the first turns will tell", exc)
 
     asyncio.run(_run())
