@@ -39,13 +39,27 @@ def halves(name: str) -> list[str]:
     return re.split(r"\s*\|\d+\|\s*", MANIFEST[name]["marked_text"])
 
 
+EAGER = {"VOICE_TURN_PRESET": "fixed", "VOICE_SILENCE_MS": "250"}
+
+
 @pytest.fixture(scope="module")
 def eager_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[RunningService]:
     """A service that ends turns after a fixed 250 ms: it answers paused callers early."""
     running = start_service(tmp_path_factory.mktemp("eager"),
-                            {"OPENAI_BASE_URL": llm.base_url, "VOICE_TURN_PRESET": "fixed",
-                             "VOICE_SILENCE_MS": "250"}, name="eager")
+                            {"OPENAI_BASE_URL": llm.base_url, **EAGER}, name="eager")
+    yield running
+    stop_service(running)
+
+
+def realtime_local_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory,
+                           name: str, extra: dict[str, str]) -> Iterator[RunningService]:
+    """The realtime pipeline with our own turn-taking (`local`), its provider the
+    service's own /v1/realtime endpoint: the same decisions as the cascade's."""
+    running = start_self_realtime_service(
+        tmp_path_factory.mktemp(name),
+        {"OPENAI_BASE_URL": llm.base_url, "VOICE_PIPELINE": "realtime",
+         "VOICE_REALTIME_TURN_DETECTION": "local", **extra}, name=name)
     yield running
     stop_service(running)
 
@@ -53,27 +67,13 @@ def eager_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def realtime_local(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[RunningService]:
-    """The realtime pipeline with our own turn-taking (`local`), its provider the
-    service's own /v1/realtime endpoint: the same decisions as the cascade's."""
-    running = start_self_realtime_service(
-        tmp_path_factory.mktemp("realtime-local"),
-        {"OPENAI_BASE_URL": llm.base_url, "VOICE_PIPELINE": "realtime",
-         "VOICE_REALTIME_TURN_DETECTION": "local"}, name="realtime-local")
-    yield running
-    stop_service(running)
+    yield from realtime_local_service(llm, tmp_path_factory, "realtime-local", {})
 
 
 @pytest.fixture(scope="module")
 def eager_realtime(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[RunningService]:
-    """`realtime_local`, ending turns after a fixed 250 ms."""
-    running = start_self_realtime_service(
-        tmp_path_factory.mktemp("eager-realtime"),
-        {"OPENAI_BASE_URL": llm.base_url, "VOICE_PIPELINE": "realtime",
-         "VOICE_REALTIME_TURN_DETECTION": "local", "VOICE_TURN_PRESET": "fixed",
-         "VOICE_SILENCE_MS": "250"}, name="eager-realtime")
-    yield running
-    stop_service(running)
+    yield from realtime_local_service(llm, tmp_path_factory, "eager-realtime", EAGER)
 
 
 def on_line(request: pytest.FixtureRequest, pipeline: str, eager: bool = False
