@@ -64,9 +64,9 @@ async def run_scenario(scenario: Scenario, repeat: int, first_token_s: float,
                     measure = await measure_one(url, name, path, 16000)
                     if measure.voice_to_voice_ms is not None:
                         values.append(measure.voice_to_voice_ms)
-            print(f"  {scenario.name}: {len(values)} turns, primary saw "
-                  f"{len(primary.requests)} requests, fallback {len(fallback.requests)}",
-                  flush=True)
+            print(f"  {scenario.name}: {len(values)} turns, median {median(values):.0f} ms; "
+                  f"primary saw {len(primary.requests)} requests, fallback "
+                  f"{len(fallback.requests)}", flush=True)
             return values
 
 
