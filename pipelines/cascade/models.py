@@ -79,7 +79,11 @@ def load_models(settings: Settings) -> CascadeModels:
     llm = build_llm(settings)
     log.info("language model: %s", llm.name)
     warm_up(stt, tts)
-    return CascadeModels(stt=stt, llm=llm, tts=tts)
+    models = CascadeModels(stt=stt, llm=llm, tts=tts)
+    if settings.debug_stage_delay:  # testing only: pipelines/cascade/delays.py
+        from pipelines.cascade.delays import delayed
+        models = delayed(models, settings.debug_stage_delay)
+    return models
 
 
 def warm_up(stt: SpeechToText, tts: TextToSpeech) -> None:
