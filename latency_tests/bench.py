@@ -124,7 +124,7 @@ def report(measures: list[TurnMeasure]) -> str:
 async def run_turn_taking_bench(args: argparse.Namespace) -> int:
     from latency_tests.turn_bench import run_turn_taking
 
-    async with _target(args) as url:
+    async with target_service(args) as url:
         print(f"turn-taking corpus against {url} (serve args: {args.serve_arg or 'defaults'})",
               flush=True)
         report = await run_turn_taking(url, args.sample_rate, args.repeat)
@@ -140,7 +140,7 @@ async def run_bench(args: argparse.Namespace) -> int:
         return await run_turn_taking_bench(args)
     corpus = Path(args.corpus)
     manifest: dict[str, Any] = json.loads((corpus / "utterances.json").read_text())
-    async with _target(args) as url:
+    async with target_service(args) as url:
         print(f"measuring {url} with {len(manifest)} utterances x {args.repeat} runs", flush=True)
         measures: list[TurnMeasure] = []
         for run in range(args.repeat):
@@ -181,7 +181,9 @@ def compare(measures: list[TurnMeasure], transport: str, reference: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _target(args: argparse.Namespace) -> AsyncIterator[str]:
+async def target_service(args: argparse.Namespace) -> AsyncIterator[str]:
+    """`args.url`, or a service started for the run (bundled models, a local zero-delay
+    LLM server that answers in two sentences, `args.serve_arg`): its URL."""
     if args.url:
         yield args.url
         return

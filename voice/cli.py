@@ -1,4 +1,4 @@
-"""The `voice` command: serve, call, bench, dial, settings."""
+"""The `voice` command: serve, call, bench, latency, dial, settings."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return asyncio.run(run_bench(args))
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from latency_tests.suite.cli import run_command
+
+    _configure_logging("WARNING")
+    return run_command(args)
+
+
 def _cmd_dial(args: argparse.Namespace) -> int:
     from transports.sip.dial import dial
 
@@ -85,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(run=_cmd_bench)
+
+    latency = sub.add_parser("latency", help="the latency regression suite (docs/latency.md)")
+    from latency_tests.suite.cli import add_latency_commands
+
+    add_latency_commands(latency)
+    latency.set_defaults(run=_cmd_latency)
 
     dial = sub.add_parser("dial", help="place a SIP call that the assistant speaks on")
     dial.add_argument("target", help="sip:USER@HOST[:PORT]")

@@ -1,0 +1,1 @@
+"""The latency regression suite (`voice latency`; docs/latency.md)."""
