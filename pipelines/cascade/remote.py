@@ -13,6 +13,7 @@ streams.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 from typing import Any
@@ -27,9 +28,23 @@ from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
 SPEECH_PCM_RATE = 24000  # the OpenAI audio API's `pcm` format
 
 
-def _client(base_url: str, api_key: str, timeout_s: float) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
-                              timeout=timeout_s)
+class _LoopClient:
+    """An `openai.AsyncOpenAI` for the running event loop. Its connection pool belongs
+    to the loop that first used it, and models are loaded (and warmed up) on a loop of
+    their own before the service's loop runs: a client per loop keeps a pooled
+    connection from outliving its loop."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float) -> None:
+        self._args = {"base_url": base_url, "api_key": api_key or "none", "max_retries": 0,
+                      "timeout": timeout_s}
+        self._clients: dict[int, openai.AsyncOpenAI] = {}
+
+    def get(self) -> openai.AsyncOpenAI:
+        loop = id(asyncio.get_running_loop())
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = openai.AsyncOpenAI(**self._args)  # type: ignore[arg-type]
+        return client
 
 
 def _translate(exc: openai.OpenAIError, name: str, what: str) -> ProviderError:
@@ -57,7 +72,7 @@ def wav_bytes(audio: Int16Array, rate: int) -> bytes:
 class RemoteSTT:
     def __init__(self, base_url: str, api_key: str, model: str, language: str,
                  timeout_s: float) -> None:
-        self._client = _client(base_url, api_key, timeout_s)
+        self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._language = language
         self.name = f"openai-audio:{base_url}:{model}"
@@ -65,7 +80,7 @@ class RemoteSTT:
     async def transcribe(self, audio: Int16Array) -> Transcript:
         language: dict[str, Any] = {"language": self._language} if self._language else {}
         try:
-            result: Any = await self._client.audio.transcriptions.create(
+            result: Any = await self._client.get().audio.transcriptions.create(
                 file=("turn.wav", wav_bytes(audio, PIPELINE_RATE), "audio/wav"),
                 model=self._model, response_format="verbose_json", **language)
         except openai.OpenAIError as exc:
@@ -84,7 +99,7 @@ class RemoteTTS:
 
     def __init__(self, base_url: str, api_key: str, model: str, voice: str,
                  timeout_s: float) -> None:
-        self._client = _client(base_url, api_key, timeout_s)
+        self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._voice = voice
         self.name = f"openai-audio:{base_url}:{model}:{voice}"
@@ -92,7 +107,7 @@ class RemoteTTS:
     async def synthesize(self, text: str) -> Int16Array:
         pcm = bytearray()
         try:
-            async with self._client.audio.speech.with_streaming_response.create(
+            async with self._client.get().audio.speech.with_streaming_response.create(
                     model=self._model, voice=self._voice, input=text,
                     response_format="pcm") as response:
                 async for chunk in response.iter_bytes():

@@ -158,13 +158,15 @@ class AudioApi:
                     await response.prepare(request)
                     started = True
                 await response.write(array_to_pcm16_bytes(samples))
+            if not started:
+                await response.prepare(request)
+            await response.write_eof()
         except ProviderError as exc:
             if not started:
                 return _error(500, exc.message, "synthesis_failed")
             log.warning("speech synthesis failed mid-stream: %s", exc)  # the stream ends short
-        if not started:
-            await response.prepare(request)
-        await response.write_eof()
+        except ConnectionError:  # the client went away (a barge-in cancels its turn)
+            log.info("speech client disconnected mid-stream")
         return response
 
     async def _pcm_24k(self, text: str) -> np.ndarray:
