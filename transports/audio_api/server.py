@@ -95,6 +95,9 @@ class AudioApi:
             form = await request.post()
         except (ValueError, web.HTTPException) as exc:
             return _error(400, f"expected multipart/form-data: {exc}", "invalid_form")
+        except ConnectionError:  # the client went away mid-upload (a cancelled turn)
+            log.info("transcription client disconnected mid-upload")
+            return web.Response(status=499)
         upload = form.get("file")
         if not isinstance(upload, web.FileField):
             return _error(400, "the 'file' field (an audio file) is required", "missing_file")
@@ -165,8 +168,8 @@ class AudioApi:
             if not started:
                 return _error(500, exc.message, "synthesis_failed")
             log.warning("speech synthesis failed mid-stream: %s", exc)  # the stream ends short
-        except ConnectionError:  # the client went away (a barge-in cancels its turn)
-            log.info("speech client disconnected mid-stream")
+        except ConnectionError:  # the client went away (a cancelled speculation or turn)
+            log.debug("speech client disconnected mid-stream")
         return response
 
     async def _pcm_24k(self, text: str) -> np.ndarray:
