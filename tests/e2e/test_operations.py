@@ -63,11 +63,15 @@ async def test_metrics_move_with_a_real_turn(
         await converse(client, utterances["weather"]["path"])
         await client.send_json({"type": "bogus"})  # an error event, counted by its code
         await client.wait_for("error", timeout=5)
+        await client.send_raw(b"\x00\x01\x02")  # odd-length PCM: a dropped frame
+        await client.wait_for("error", timeout=5, code="invalid_audio")
     after = await asyncio.to_thread(samples, worker)
     assert value(after, "voice_turns_total", pipeline="cascade") == \
         value(before, "voice_turns_total", pipeline="cascade") + 1
     assert value(after, "voice_sessions_total", transport="ws", pipeline="cascade") == 1
     assert value(after, "voice_errors_total", code="unknown_type") == 1
+    assert value(after, "voice_errors_total", code="invalid_audio") == 1
+    assert value(after, "voice_audio_frames_total", kind="dropped") == 1
     latency = client.events_of("turn.latency")[0]["stages"]
     for stage in ("voice_to_voice", "stt", "llm", "tts"):
         count = value(after, "voice_turn_stage_seconds_count", pipeline="cascade", stage=stage)

@@ -120,6 +120,8 @@ class WebSocketTransport:
             session.emit(ErrorOccurred(code=exc.code, message=exc.message))
             raise _EndSession(CLOSE_TOO_LARGE, "message too large") from None
         except ProtocolError as exc:
+            if exc.code == "invalid_audio":
+                session.frames_dropped += 1
             session.emit(ErrorOccurred(code=exc.code, message=exc.message))
             return
         if isinstance(parsed, AudioMessage):
