@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 from pipelines.cascade.llm import LLMChain
 from pipelines.cascade.models import CascadeModels, breaker_for, load_models
 from pipelines.cascade.pipeline import CascadePipeline
+from pipelines.cascade.remote import RemoteSTT, RemoteTTS
 from pipelines.realtime.options import RealtimeOptions, SessionIO
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
@@ -170,6 +171,9 @@ class Service:
         found = [self.realtime_breaker]
         if isinstance(self.models.llm, LLMChain):
             found += [endpoint.breaker for endpoint in self.models.llm.endpoints]
+        for model in (self.models.stt, self.models.tts):
+            if isinstance(model, RemoteSTT | RemoteTTS):
+                found.append(model.breaker)
         return {breaker.name: breaker.snapshot() for breaker in found}
 
     def open_sessions(self) -> int:

@@ -61,7 +61,7 @@ def load_models(settings: Settings) -> CascadeModels:
     stt: SpeechToText
     if s.stt_url:
         stt = RemoteSTT(s.stt_url, s.stt_api_key, s.stt_remote_model, s.stt_language,
-                        s.remote_timeout_s)
+                        s.remote_timeout_s, breaker_for(f"stt:{s.stt_url}", s))
         log.info("speech-to-text: remote %s", stt.name)
     else:
         stt = WhisperSTT.load(s.stt_model, s.stt_device, s.stt_compute_type, s.stt_threads,
@@ -71,7 +71,7 @@ def load_models(settings: Settings) -> CascadeModels:
     tts: TextToSpeech
     if s.tts_url:
         tts = RemoteTTS(s.tts_url, s.tts_api_key, s.tts_remote_model, s.tts_remote_voice,
-                        s.remote_timeout_s)
+                        s.remote_timeout_s, breaker_for(f"tts:{s.tts_url}", s))
         log.info("text-to-speech: remote %s", tts.name)
     else:
         tts = PiperTTS.load(s.tts_voice, s.tts_voice_config)

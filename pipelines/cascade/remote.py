@@ -4,7 +4,10 @@ another worker of this service started with `--audio-api-port` (transports/audio
 so that one machine (with a GPU, in production) serves the models for many workers.
 
 The `openai` library is the client, with its retries off (a live turn cannot wait for
-them; the turn apologises instead) and our timeout. Transcriptions ask for
+them; the turn apologises instead) and our timeout. Each server has a circuit breaker
+(`voice.resilience`): while it is open, a call fails at once instead of waiting for a
+server that keeps failing to time out again, so the caller hears the apology in
+milliseconds rather than after `remote_timeout_s`. Transcriptions ask for
 `verbose_json`, whose segments carry `no_speech_prob` and `avg_logprob`, so the
 hallucination filter works as it does locally; a server that omits them is trusted.
 Speech asks for raw PCM, which the API defines as 24 kHz 16-bit mono, read as it
@@ -24,6 +27,7 @@ import openai
 from pipelines.cascade.stt import Transcript
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, pcm16_bytes_to_array
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.resilience import CircuitBreaker
 
 SPEECH_PCM_RATE = 24000  # the OpenAI audio API's `pcm` format
 
@@ -49,7 +53,10 @@ class _LoopClient:
 
 def _translate(exc: openai.OpenAIError, name: str, what: str) -> ProviderError:
     if isinstance(exc, openai.RateLimitError):
-        return ProviderRateLimited(f"{what}: rate limit (HTTP 429)", provider=name)
+        header = exc.response.headers.get("retry-after")
+        return ProviderRateLimited(f"{what}: rate limit (HTTP 429)", provider=name,
+                                   retry_after_s=float(header) if header and
+                                   header.replace(".", "", 1).isdigit() else None)
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"{what}: timed out", provider=name)
     if isinstance(exc, openai.APIStatusError):
@@ -69,22 +76,40 @@ def wav_bytes(audio: Int16Array, rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def _admit(breaker: CircuitBreaker, name: str, what: str) -> None:
+    if not breaker.allow():
+        raise ProviderError(f"{what}: the server's breaker is open (next probe in "
+                            f"{breaker.retry_in_s():.0f} s)", provider=name,
+                            code="provider_unavailable")
+
+
+def _failed(breaker: CircuitBreaker, exc: openai.OpenAIError, name: str,
+            what: str) -> ProviderError:
+    error = _translate(exc, name, what)
+    retry_after = error.retry_after_s if isinstance(error, ProviderRateLimited) else None
+    breaker.record_failure(error.code, retry_after)
+    return error
+
+
 class RemoteSTT:
     def __init__(self, base_url: str, api_key: str, model: str, language: str,
-                 timeout_s: float) -> None:
+                 timeout_s: float, breaker: CircuitBreaker) -> None:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._language = language
         self.name = f"openai-audio:{base_url}:{model}"
+        self.breaker = breaker
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
         language: dict[str, Any] = {"language": self._language} if self._language else {}
+        _admit(self.breaker, self.name, "transcription")
         try:
             result: Any = await self._client.get().audio.transcriptions.create(
                 file=("turn.wav", wav_bytes(audio, PIPELINE_RATE), "audio/wav"),
                 model=self._model, response_format="verbose_json", **language)
         except openai.OpenAIError as exc:
-            raise _translate(exc, self.name, "transcription") from exc
+            raise _failed(self.breaker, exc, self.name, "transcription") from exc
+        self.breaker.record_success()
         segments = getattr(result, "segments", None) or []
         no_speech = [s.no_speech_prob for s in segments if s.no_speech_prob is not None]
         logprobs = [s.avg_logprob for s in segments if s.avg_logprob is not None]
@@ -98,14 +123,16 @@ class RemoteTTS:
     sample_rate = SPEECH_PCM_RATE
 
     def __init__(self, base_url: str, api_key: str, model: str, voice: str,
-                 timeout_s: float) -> None:
+                 timeout_s: float, breaker: CircuitBreaker) -> None:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._voice = voice
         self.name = f"openai-audio:{base_url}:{model}:{voice}"
+        self.breaker = breaker
 
     async def synthesize(self, text: str) -> Int16Array:
         pcm = bytearray()
+        _admit(self.breaker, self.name, "speech synthesis")
         try:
             async with self._client.get().audio.speech.with_streaming_response.create(
                     model=self._model, voice=self._voice, input=text,
@@ -113,5 +140,6 @@ class RemoteTTS:
                 async for chunk in response.iter_bytes():
                     pcm += chunk
         except openai.OpenAIError as exc:
-            raise _translate(exc, self.name, "speech synthesis") from exc
+            raise _failed(self.breaker, exc, self.name, "speech synthesis") from exc
+        self.breaker.record_success()
         return pcm16_bytes_to_array(bytes(pcm[: len(pcm) // 2 * 2]))

@@ -118,3 +118,28 @@ async def test_a_worker_with_remote_stt_and_tts_holds_a_spoken_turn(
     finally:
         stop_service(worker)
     assert KEY not in worker.log()
+
+
+async def test_an_unreachable_stt_server_opens_its_breaker_and_fails_fast(
+        llm: LLMServer, fresh_llm: LLMServer, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
+    worker = start_service(tmp_path_factory.mktemp("deadstt"), {
+        "OPENAI_BASE_URL": llm.base_url, "VOICE_STT_URL": dead}, name="deadstt")
+    try:
+        async with VoiceClient(worker.url) as client:
+            await converse(client, utterances["weather"]["path"])
+            await converse(client, utterances["joke"]["path"])
+        errors = client.events_of("error")
+        # one error a turn; failures at startup (warm-up) and in the first turn opened the
+        # breaker, so the second turn failed at once, without a connection attempt
+        assert len(errors) == 2 and errors[1]["code"] == "provider_unavailable"
+        assert "breaker is open" in errors[1]["message"]
+        # the caller heard the (local) apology both times
+        assert "sorry" in transcribe_back(whisper, client.reply_audio(), 16000).lower()
+        breaker = next(v for k, v in worker.health()["breakers"].items()
+                       if k.startswith("stt:"))
+        assert breaker["state"] == "open" and breaker["skipped"] >= 1
+    finally:
+        stop_service(worker)
