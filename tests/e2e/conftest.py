@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def start_self_realtime_service(tmp: Path, env: dict[str, str],
 
 
 def stop_service(service: RunningService) -> int:
-    service.process.terminate()
+    service.process.send_signal(signal.SIGINT)  # stop now (SIGTERM drains: test_operations)
     try:
         return service.process.wait(timeout=20)
     except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -211,7 +212,7 @@ async def test_a_lost_connection_is_reported_and_restored(
 
     async def restart_after_connecting(step: int) -> None:
         if step == 1:  # connected: the service goes away, then comes back
-            services[0].terminate()
+            services[0].send_signal(signal.SIGINT)  # gone at once (SIGTERM would drain)
             await asyncio.to_thread(services[0].wait, 20)
         if step == 2:  # the widget has noticed
             services.append(spawn_service(tmp_path, port, env))
@@ -227,7 +228,7 @@ async def test_a_lost_connection_is_reported_and_restored(
         }, on_step=restart_after_connecting)
     finally:
         for process in services:
-            process.terminate()
+            process.send_signal(signal.SIGINT)
             await asyncio.to_thread(process.wait, 20)
     lost, restored = snapshots[2], snapshots[3]
     assert "Reconnecting" in lost["stateText"]
