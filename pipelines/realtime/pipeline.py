@@ -164,6 +164,8 @@ class RealtimePipeline:
         self._awaiting = False  # the turn ended; its reply has not started yet
         self._reply: ProviderReply | None = None
         self._user_items: dict[str, int] = {}  # provider input item → our turn
+        self._item_start_ms: dict[str, int] = {}  # provider VAD: item → audio_start_ms
+        self._audio_ms: dict[int, float] = {}  # turn → length of the audio it committed
         self._history: list[tuple[Literal["user", "assistant"], str]] = []
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -395,6 +397,7 @@ class RealtimePipeline:
         start = self._carry[1] if self._carry else event.speech_start_ns
         self._last_turn = (self._local.turn_audio(self._carry[0] if self._carry else None),
                            start)
+        self._audio_ms[self._turn_id] = len(self._last_turn[0]) * 1000 / rt.PROVIDER_RATE
         self._last_turn_end_ns = event.turn_end_ns
         self._end_turn(event.speech_end_ns, event.turn_end_ns)
         self._history_mark = len(self._history)
@@ -496,22 +499,29 @@ class RealtimePipeline:
         if isinstance(event, rt.SpeechStarted):
             self._speaking = True
             self._user_items[event.item_id] = self._turn_id + 1
-            while len(self._user_items) > HISTORY_TURNS:  # transcripts that never came
-                del self._user_items[next(iter(self._user_items))]
+            self._item_start_ms[event.item_id] = event.audio_start_ms
+            _bound(self._user_items)  # transcripts that never came
+            _bound(self._item_start_ms)
+            _bound(self._audio_ms)
             padding = PREFIX_PADDING_MS if self._options.turn_detection == "server_vad" else 0
             clock = self._link.input_clock
             await self._start_turn(clock.arrival_ns(event.audio_start_ms + padding))
         elif isinstance(event, rt.SpeechStopped):
+            start = self._item_start_ms.pop(event.item_id, event.audio_end_ms)
+            self._audio_ms[self._user_items.get(event.item_id, self._turn_id)] = \
+                event.audio_end_ms - start
             self._on_speech_stopped(event)
         elif isinstance(event, rt.InputCommitted):
             self._last_user_item = event.item_id
+            self._user_items.setdefault(event.item_id, self._turn_id)
         elif isinstance(event, rt.InputTranscribed):
             text = event.transcript.strip()
             if event.item_id not in self._forgotten:
                 self._remember("user", text)
             if text:
                 turn = self._user_items.pop(event.item_id, self._turn_id)
-                self._io.emit(TranscriptFinal(turn_id=turn, text=text))
+                self._io.emit(TranscriptFinal(turn_id=turn, text=text,
+                                              audio_ms=round(self._audio_ms.pop(turn, 0))))
         elif isinstance(event, rt.ResponseCreated):
             self._on_response_created(event.response_id)
         elif isinstance(event, rt.OutputItemAdded):
@@ -682,3 +692,9 @@ class RealtimePipeline:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
+
+
+def _bound(book: dict[Any, Any]) -> None:
+    """Forget the oldest entries beyond HISTORY_TURNS (dicts keep insertion order)."""
+    while len(book) > HISTORY_TURNS:
+        del book[next(iter(book))]
