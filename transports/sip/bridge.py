@@ -14,6 +14,7 @@ is logged and hung up, never taking the bridge down.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import secrets
@@ -27,6 +28,7 @@ from transports.sip.dialog import Dialog, new_tag
 from transports.sip.endpoint import SipEndpoint
 from transports.sip.headers import SipUri
 from transports.sip.media import RtpSocket, open_rtp_socket, parse_port_range
+from transports.sip.media_clock import MediaClock
 from transports.sip.message import SipRequest, SipResponse
 from transports.sip.register import Registration
 from transports.sip.sdp import (
@@ -88,6 +90,7 @@ class SipBridge:
             if settings.sip_user else None
         self.endpoint = SipEndpoint(self)
         self.endpoint.on_stray_2xx = self._re_ack
+        self.media_clock = MediaClock(clock, settings.sip_rtp_priority)  # sends all RTP
         self.calls: dict[str, SipCall] = {}
         self._ringing: dict[str, _Ringing] = {}
         self._acks: dict[str, tuple[bytes, Address]] = {}
@@ -107,6 +110,10 @@ class SipBridge:
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self, port: int | None = None) -> None:
+        # The objects alive now (modules, the loaded models) live as long as the service;
+        # a full collection that scans them holds the GIL for ~0.1 s, and stops the media
+        # clock thread with it. Leave them out of collections.
+        gc.freeze()
         await self.endpoint.open(self.settings.host,
                                  self.settings.sip_port if port is None else port)
         ready = asyncio.Event()
@@ -150,6 +157,7 @@ class SipBridge:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.endpoint.close()
+        await asyncio.to_thread(self.media_clock.close)
 
     # --- requests ------------------------------------------------------------------
 

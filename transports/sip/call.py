@@ -1,7 +1,8 @@
 """One answered (or placed) phone call: a dialog, its RTP media and a voice session.
 
-The session runs the pipeline with `send_audio=None`: the call's media clock pulls
-20 ms of reply audio per packet from `session.playout`. Caller audio goes from the
+The session runs the pipeline with `send_audio=None`: the media clock thread pulls
+20 ms of reply audio per packet from `session.playout`, a `SharedPlayout` that it may
+take from safely (`media_clock.py`). Caller audio goes from the
 jitter buffer straight into `session.push_audio` at 8 kHz; RFC 4733 (or SIP INFO)
 digits go to `session.on_dtmf`. The session's hang-up hook sends BYE. A call ends on
 BYE from either side, on RTP silence longer than the RTP timeout, or when the
@@ -20,6 +21,7 @@ from typing import Protocol
 from transports.sip.dialog import Dialog
 from transports.sip.endpoint import SipEndpoint
 from transports.sip.media import CallMedia, RtpSocket
+from transports.sip.media_clock import MediaClock, SharedPlayout
 from transports.sip.message import SipRequest, SipResponse
 from transports.sip.sdp import (
     LocalMedia,
@@ -51,6 +53,7 @@ class CallOptions:
 
 class CallHost(Protocol):
     endpoint: SipEndpoint
+    media_clock: MediaClock
 
     @property
     def via(self) -> Address: ...
@@ -70,6 +73,9 @@ class SipCall:
         self.end_reason = ""
         self.session = Session(SAMPLE_RATE, self._send_event, None, clock,
                                options.playout_lead_ms, hangup=self.hangup)
+        # before the pipeline exists: the one it gets is the one the clock thread may pull
+        self.session.playout = SharedPlayout(SAMPLE_RATE, clock, options.playout_lead_ms,
+                                             asyncio.get_running_loop())
         self._digits: asyncio.Queue[str] = asyncio.Queue()
         self._early: list[Int16Array] = []
         self._byes: list[asyncio.Future[SipResponse]] = []
@@ -85,8 +91,9 @@ class SipCall:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.session.run(factory), name=f"{self.session.id}-session"),
-                    tg.create_task(self.media.send_loop(self.session.playout.pull),
-                                   name=f"{self.session.id}-rtp-clock"),
+                    tg.create_task(self.media.run(self.host.media_clock,
+                                                  self.session.playout.pull),
+                                   name=f"{self.session.id}-rtp-media"),
                     tg.create_task(self._dtmf_loop(), name=f"{self.session.id}-dtmf"),
                     tg.create_task(self._watch_rtp(), name=f"{self.session.id}-rtp-timeout"),
                 ]
@@ -97,11 +104,11 @@ class SipCall:
                         task.cancel()
         finally:
             self.media.close()
-            stats = self.media.inbound.stats
+            stats, clock = self.media.inbound.stats, self.media.clock_stats
             log.info("call %s ended (%s): rtp in %d (lost %d, late %d), out %d, clock gaps %d, "
                      "max late %.1f ms", self.call_id, self.end_reason, stats.packets,
                      self.media.inbound.jitter.stats.lost, self.media.inbound.jitter.stats.late,
-                     self.media.clock.packets, self.media.clock.gaps, self.media.clock.max_late_ms)
+                     clock.packets, clock.gaps, clock.max_late_ms)
 
     def _audio(self, samples: Int16Array) -> None:
         if self.session.pipeline is None:  # RTP can beat the session's first step

@@ -1,39 +1,33 @@
-"""One call's RTP socket and media clock (asyncio around `stream.py`).
+"""One call's RTP socket and media (asyncio around `stream.py`).
 
-Outgoing audio is paced by an absolute-deadline clock: every `ptime` it pulls reply
-PCM (silence when there is none, so a barge-in's `playout.clear()` is heard as
-silence from the very next packet) and sends one packet. If the event loop stalls
-for more than a few packets, the clock skips ahead (timestamps jump, as after
-silence suppression) instead of bursting; such stalls are counted as gaps.
+Incoming RTP is read on the event loop: jitter buffer, decoding, digits. Outgoing RTP
+is sent by the media clock thread (`media_clock.py`) from a duplicate of the socket:
+every `ptime` it pulls reply PCM (silence when there is none, so a barge-in's
+`playout.clear()` is heard as silence from the very next packet) and sends one
+packet. A caller that stops sending is fed to the session as silence at the packet
+rate, from a task on the loop, so the pipeline always hears real time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 
+from transports.sip.media_clock import MAX_CATCH_UP, ClockStats, MediaClock, RtpOut
 from transports.sip.sdp import MediaPlan
-from transports.sip.stream import InboundStream, OutboundStream, PullChunk
+from transports.sip.stream import SAMPLE_RATE, InboundStream, PullChunk
 from transports.sip.transaction import Address
 from voice.audio import Int16Array
 from voice.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MAX_CATCH_UP = 3  # packets sent back to back after a short stall; beyond it, skip
 FILL_AFTER_TICKS = 3  # no caller audio for this many packet times: feed silence per tick
-
-
-@dataclass
-class ClockStats:
-    packets: int = 0
-    gaps: int = 0  # ticks sent more than one packet time late
-    max_late_ms: float = 0.0
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -70,9 +64,11 @@ class RtpSocket(asyncio.DatagramProtocol):
         assert self.transport is not None
         return int(self.transport.get_extra_info("sockname")[1])
 
-    def sendto(self, data: bytes, address: Address) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(data, address)
+    def duplicate(self) -> socket.socket:
+        """The same socket for another thread to send on (asyncio's transport is not
+        thread-safe); the caller closes it."""
+        assert self.transport is not None
+        return cast(socket.socket, self.transport.get_extra_info("socket").dup())
 
     def close(self) -> None:
         if self.transport is not None:
@@ -105,8 +101,7 @@ class CallMedia:
         self.socket = socket
         self.plan = plan
         self.inbound = InboundStream(plan, allowed_hosts, max_wait)
-        self.outbound = OutboundStream(plan)
-        self.clock = ClockStats()
+        self.out: RtpOut | None = None
         self._on_audio = on_audio
         self._on_digit = on_digit
         self._timer: asyncio.TimerHandle | None = None
@@ -114,10 +109,15 @@ class CallMedia:
         self.filled_packets = 0
         socket.on_datagram = self._received
 
+    @property
+    def clock_stats(self) -> ClockStats:
+        return self.out.stats if self.out is not None else ClockStats()
+
     def update(self, plan: MediaPlan, allowed_hosts: set[str]) -> None:
         self.plan = plan
         self.inbound.update(plan, allowed_hosts)
-        self.outbound.plan = plan
+        if self.out is not None:
+            self.out.update(plan)
 
     def _received(self, data: bytes, source: Address) -> None:
         loop = asyncio.get_running_loop()
@@ -143,45 +143,40 @@ class CallMedia:
             self._on_audio(samples)
         self._arm_timer()
 
-    async def send_loop(self, pull: PullChunk) -> None:
-        """The media clock: one packet every ptime, forever (cancel to stop)."""
+    async def run(self, clock: MediaClock, pull: PullChunk) -> None:
+        """Send reply audio on the media clock until cancelled (then nothing more is
+        sent); meanwhile feed a quiet caller's silence to the session."""
+        out = RtpOut(self.socket.duplicate(), self.plan, pull)
+        self.out = out
+        clock.add(out)
+        try:
+            await self._fill_quiet_caller()
+        finally:
+            clock.remove(out)
+            out.close()
+
+    async def _fill_quiet_caller(self) -> None:
+        """A caller that stops sending (silence suppression, a finished prompt, a stall)
+        is heard as silence at the packet rate, so the pipeline always hears real time."""
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
             period = self.plan.ptime / 1000
             due += period
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            late = loop.time() - due
-            self.clock.max_late_ms = max(self.clock.max_late_ms, late * 1000)
-            if late > period:
-                self.clock.gaps += 1
-            if late > MAX_CATCH_UP * period:
-                skipped = int(late / period)
-                self.outbound.skip(skipped)
-                due += skipped * period
-            self._tick(pull)
-
-    def _tick(self, pull: PullChunk) -> None:
-        self._fill_silence()
-        if not self.plan.sends:
-            self.outbound.skip(1)
-            return
-        data = self.outbound.packet(self.outbound.fill(pull))
-        self.socket.sendto(data, (self.plan.remote_host, self.plan.remote_port))
-        self.clock.packets += 1
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            behind = int((loop.time() - due) / period)
+            if behind > MAX_CATCH_UP:  # a long stall: skip ahead rather than flood
+                due += behind * period
+                behind = 0
+            for _ in range(1 + behind):
+                self._fill_silence()
+            due += behind * period
 
     def _fill_silence(self) -> None:
-        """A caller that stops sending (silence suppression, a finished prompt, a stall)
-        is heard as silence at the packet clock, so the pipeline always hears real time."""
         self._quiet_ticks += 1
         if self._quiet_ticks > FILL_AFTER_TICKS and self.inbound.next_deadline() is None:
-            self._on_audio(np.zeros(self.outbound.samples_per_packet, np.int16))
+            self._on_audio(np.zeros(self.plan.ptime * SAMPLE_RATE // 1000, np.int16))
             self.filled_packets += 1
-
-    def send_digit(self, digit: str) -> list[bytes]:
-        return self.outbound.digit_packets(digit, self.outbound.sender.timestamp)
 
     def close(self) -> None:
         if self._timer is not None:
