@@ -3,7 +3,9 @@
 #   scripts/setup.sh          the service, its Python dependencies and bundled models
 #   scripts/setup.sh --test   the above plus test tools (pytest, ruff, mypy), the
 #                             Debian packages the test corpus scripts use (espeak-ng, sox),
-#                             Debian's chromium for the browser tests, and playwright-core
+#                             Debian's chromium for the browser tests, sipp and baresip for
+#                             the SIP tests, kamailio and haproxy for the scale-out test
+#                             (deploy/), and playwright-core
 #                             from npm in tests/browser (it drives that chromium; no
 #                             browser is downloaded)
 # Debian packages are installed with apt-get when run as root; otherwise it says what
@@ -29,6 +31,8 @@ if [ "$want_tests" = 1 ]; then
   command -v npm >/dev/null || debs+=(nodejs npm)
   command -v sipp >/dev/null || debs+=(sip-tester)        # SIP tests: sipp
   command -v baresip >/dev/null || debs+=(baresip-core)   # SIP tests: a real softphone
+  [ -x /usr/sbin/kamailio ] || debs+=(kamailio)            # scale-out test: the SIP proxy
+  [ -x /usr/sbin/haproxy ] || debs+=(haproxy)              # scale-out test: the HTTP balancer
 fi
 if [ ${#debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

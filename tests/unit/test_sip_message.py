@@ -147,6 +147,19 @@ def test_response_copies_dialog_headers_and_adds_the_to_tag() -> None:
     assert response_to(request, 100, to_tag="abc").to.tag is None  # 100 carries no tag
 
 
+def test_a_response_that_sets_up_a_dialog_keeps_the_proxys_record_route() -> None:
+    routed = INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 69\r\n"
+                            b"Record-Route: <sip:10.0.0.9:5060;lr>, <sip:10.0.0.8;lr>\r\n")
+    request = parse_message(routed)
+    assert isinstance(request, SipRequest)
+    for status in (180, 200):
+        parsed = parse_message(response_to(request, status, to_tag="abc").serialize())
+        assert parsed.headers.get_all("Record-Route") == ["<sip:10.0.0.9:5060;lr>",
+                                                          "<sip:10.0.0.8;lr>"]
+    for status in (100, 486):  # no dialog: nothing to route
+        assert response_to(request, status, to_tag="abc").headers.get_all("Record-Route") == []
+
+
 def test_received_and_rport_are_stamped_on_the_top_via() -> None:
     request = parse_message(INVITE)
     assert isinstance(request, SipRequest)

@@ -262,9 +262,13 @@ def check_request(request: SipRequest) -> None:
 def response_to(request: SipRequest, status: int, reason: str | None = None,
                 to_tag: str | None = None, headers: tuple[tuple[str, str], ...] = (),
                 body: bytes = b"") -> SipResponse:
-    """A response copying Via, From, To (with our tag), Call-ID and CSeq (RFC 3261 8.2.6)."""
+    """A response copying Via, From, To (with our tag), Call-ID and CSeq (RFC 3261 8.2.6),
+    and Record-Route when it sets up a dialog (12.1.1), so that the caller's ACK and BYE
+    follow a proxy that recorded its route."""
     copied = [(n, v) for n, v in request.headers.items
               if n in ("Via", "From", "Call-ID", "CSeq")]
+    if request.method == "INVITE" and 100 < status < 300:
+        copied += [("Record-Route", v) for v in request.headers.get_all("Record-Route")]
     to = request.headers.get("To")
     if to is not None:
         if to_tag and status > 100 and ";tag=" not in to.replace(" ", "").lower():
