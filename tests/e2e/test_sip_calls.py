@@ -142,7 +142,7 @@ async def test_baresip_call_ends_with_the_assistants_goodbye_and_bye(
     requests_before = len(fresh_llm.requests)
     relay = SipRelay(sip_service.address)
     await relay.start()
-    phone = Baresip(tmp_path / "baresip", pcm_wav(utterances["train"]["path"],
+    phone = Baresip(tmp_path / "baresip", pcm_wav(utterances["name"]["path"],
                                                   tmp_path / "mic.wav"))
     await phone.start()
     try:
@@ -154,7 +154,7 @@ async def test_baresip_call_ends_with_the_assistants_goodbye_and_bye(
     finally:
         await phone.stop()
         relay.close()
-    assert word_recall(utterances["train"]["text"], last_user_message(fresh_llm)) >= 0.7
+    assert word_recall(utterances["name"]["text"], last_user_message(fresh_llm)) >= 0.7
     heard = transcribe_back(whisper, decode_rtp(relay.stats.downlink), 8000)
     assert word_recall(reply, heard) >= 0.7, heard
     assert word_recall(GOODBYE, heard) >= 0.6, heard
