@@ -174,9 +174,9 @@ async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
     with_backchannel, client = await reply_length(service.url, backchannel)
     assert client.events_of("response.interrupted") == []
     assert [e["text"] for e in client.events_of("response.done")] == [LONG_REPLY]
-    # Piper's durations vary a little from one synthesis to the next, so compare
-    # lengths within 3 %; an interruption would cut most of this 10 s reply
-    assert abs(with_backchannel - plain) <= 0.03 * plain, (with_backchannel, plain)
+    # Piper draws its phoneme durations at random (noise_w), so two syntheses of the
+    # same 10 s reply differ by up to ~0.4 s; an interruption would cut most of it
+    assert abs(with_backchannel - plain) <= 0.08 * plain, (with_backchannel, plain)
 
 
 @pytest.mark.parametrize("pipeline", ["cascade", "realtime"])
