@@ -93,6 +93,37 @@ def cut_repetition(ids: list[int], min_span: int = 4) -> list[int]:
     return ids
 
 
+def cut_repeated_words(text: str, min_span: int = 3) -> str:
+    """The word-level version of `cut_repetition`, blind to case and punctuation.
+
+    The decoder's restart often differs from the opening only there ("Call my mother
+    Call my mother", "Turn on the lights, turn on the"), so the token ids differ.
+    The loop runs to the end of the decode, so only a repetition that does is cut: a
+    span of >= `min_span` words said again (and again, the last time perhaps cut
+    short) up to the end, a word or a pair said three times or more up to the end, or
+    a tail of >= 2 words that repeats the opening. "Please, please, please help"
+    stays whole.
+    """
+    words = text.split()
+    keys = [normalize_words(w) for w in words]
+    n = len(keys)
+    for i in range(n):
+        for span in range(1, (n - i) // 2 + 1):
+            rest = n - i - span
+            if rest < (span if span >= min_span else 2 * span):
+                continue
+            if all(keys[i + span + k] == keys[i + k % span] for k in range(rest)):
+                return _cut(words, i + span)
+    for start in range(min_span, n - 1):
+        if keys[start:] == keys[: n - start]:
+            return _cut(words, start)
+    return text
+
+
+def _cut(words: list[str], end: int) -> str:
+    return " ".join(words[:end]).rstrip(" ,;:-")
+
+
 class WhisperSTT:
     """faster-whisper model shared by all sessions; calls run on one worker thread."""
 
@@ -153,7 +184,7 @@ class WhisperSTT:
             view, [self._prompt], beam_size=1, max_length=max_length, return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])[0]
         ids = cut_repetition([t for t in result.sequences_ids[0] if t < self._tokenizer.eot])
-        return Transcript(text=self._tokenizer.decode(ids).strip(),
+        return Transcript(text=cut_repeated_words(self._tokenizer.decode(ids).strip()),
                           no_speech_prob=float(result.no_speech_prob),
                           avg_logprob=float(result.scores[0]), audio_ms=seconds * 1000)
 

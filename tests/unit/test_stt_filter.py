@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.cascade.stt import Transcript, hallucination_reason
+from pipelines.cascade.stt import Transcript, cut_repeated_words, hallucination_reason
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +76,23 @@ def test_repetition_loop_is_dropped(text: str) -> None:
 ])
 def test_real_sentences_with_good_scores_pass(text: str) -> None:
     assert reason(text, no_speech=0.02, logprob=-0.3) is None
+
+
+@pytest.mark.parametrize("decoded, kept", [
+    # the short-window decoder starting the utterance over, as tiny.en did on the corpus
+    ("Call my mother Call my mother", "Call my mother"),
+    ("Turn on the lights, turn on the lights,", "Turn on the lights"),
+    ("Turn on the light, turn on the", "Turn on the light"),
+    ("What is the weather like in Madrid? Madrid? Madrid? Madrid", "What is the weather like in Madrid?"),
+])
+def test_a_decode_that_starts_over_is_cut_at_the_repeat(decoded: str, kept: str) -> None:
+    assert cut_repeated_words(decoded) == kept
+
+
+@pytest.mark.parametrize("said", [
+    "New York, New York", "no no", "very very good", "please please please help",
+    "book a table for four people", "What time is it?", "one two three four",
+    "I said no, and then I said no again.",
+])
+def test_words_a_person_repeats_are_kept(said: str) -> None:
+    assert cut_repeated_words(said) == said
