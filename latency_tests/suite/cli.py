@@ -17,7 +17,7 @@ from latency_tests.suite.baseline import compare, make_baseline, regressions, ta
 from latency_tests.suite.corpus import CORPUS, Utterance, load_corpus, select
 from latency_tests.suite.load import run_level, summarize_level
 from latency_tests.suite.metrics import SPEECH_KINDS
-from latency_tests.suite.report import write_report
+from latency_tests.suite.report import headline, write_report
 from latency_tests.suite.results import RunResults, TurnResult
 from latency_tests.suite.runner import run_clip
 
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = asyncio.run(measure(args, clips, repeat, levels if levels != [1] else []))
     out = Path(args.out)
     report = write_report(run, out)
-    print(f"\nreport: {report}")
+    print(f"\n{headline(run.turns)}\nreport: {report}")
     if not args.baseline:
         return 0
     status = baseline_step(run, args)

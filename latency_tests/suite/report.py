@@ -9,7 +9,7 @@ from pathlib import Path
 from latency_tests.suite.baseline import Finding, table, timing_metrics, utterance_records
 from latency_tests.suite.load import LoadLevel, capacity, summarize_level
 from latency_tests.suite.results import FUNCTIONAL_FLAGS, RunResults, TurnResult
-from latency_tests.suite.stats import median
+from latency_tests.suite.stats import median, percentile
 from voice.errors import ConfigError
 
 CHARTS = {"stages.png": "Where the time goes, per utterance",
@@ -52,6 +52,7 @@ def markdown(run: RunResults, levels: Sequence[LoadLevel], cap: int,
     for metric, value in timing_metrics(run.turns).items():
         shown = f"{value:.3f}" if metric == "wer" else f"{value:.0f} ms"
         lines.append(f"| {metric} | {shown} |")
+    lines += ["", headline(run.turns)]
     lines += ["", "## Functional failures", "", functional_summary(run.turns)]
     if findings is not None:
         lines += ["", "## Check against the baseline", "", table(findings)]
@@ -64,6 +65,18 @@ def markdown(run: RunResults, levels: Sequence[LoadLevel], cap: int,
     lines += ["", "## Charts", ""]
     lines += [f"![{title}]({name})" for name, title in CHARTS.items() if (out / name).exists()]
     return "\n".join(lines) + "\n"
+
+
+def headline(turns: Sequence[TurnResult]) -> str:
+    """Plain medians and p95 over every counted turn (the metrics above are clip means)."""
+    timed = [t for t in turns if t.timed]
+    client = [t.v2v_ms for t in timed if t.v2v_ms is not None]
+    server = [t.server_v2v_ms for t in timed if t.server_v2v_ms is not None]
+    if not client:
+        return "No turn was answered."
+    return (f"Client voice-to-voice over {len(client)} counted turns: median "
+            f"{median(client):.0f} ms, p95 {percentile(client, 95):.0f} ms; server "
+            f"voice-to-voice median {median(server):.0f} ms.")
 
 
 def functional_summary(turns: Sequence[TurnResult]) -> str:

@@ -19,3 +19,14 @@ def median(values: Sequence[float]) -> float:
 
 def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else math.nan
+
+
+def trimmed_mean(values: Sequence[float], trim: float = 0.2) -> float:
+    """The mean with the `trim` share of values dropped at each end (at least one each
+    from five values up): robust to outliers like a median, but moves smoothly when a
+    few values jump between two clusters, where a median can jump with them."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    cut = int(len(ordered) * trim)
+    return float(np.mean(ordered[cut: len(ordered) - cut]))

@@ -5,25 +5,29 @@ baseline check's verdicts."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from latency_tests.suite import metrics
 from latency_tests.suite.baseline import (
     Tolerance,
+    clip_mean,
     compare_metrics,
     functional_findings,
     make_baseline,
-    median_of_medians,
     regressions,
     timing_metrics,
 )
 from latency_tests.suite.load import LoadLevel, capacity
 from latency_tests.suite.metrics import Heard, Trial
 from latency_tests.suite.results import RunResults, TurnResult
-from latency_tests.suite.stats import median, percentile
-from pipelines.cascade.delays import parse_stage_delays
+from latency_tests.suite.stats import median, percentile, trimmed_mean
+from pipelines.cascade.delays import delayed, parse_stage_delays
+from pipelines.cascade.models import CascadeModels
+from pipelines.cascade.stt import Transcript
 from voice.errors import ConfigError
 from voice.settings import Settings
 
@@ -165,10 +169,22 @@ def turn(name: str, v2v: float, kind: str = "question", repeat: int = 0,
                       server_v2v_ms=v2v - 5, stages=stages, wer=extra.pop("wer", 0.0), **extra)
 
 
-def test_one_slow_repeat_does_not_move_the_median_of_medians() -> None:
+def test_one_slow_repeat_does_not_move_the_clip_mean_and_one_odd_clip_little() -> None:
     turns = [turn("a", 240, repeat=0), turn("a", 250, repeat=1), turn("a", 900, repeat=2),
              turn("b", 300, repeat=0), turn("b", 310, repeat=1), turn("b", 305, repeat=2)]
-    assert median_of_medians(turns, lambda t: t.v2v_ms) == pytest.approx((250 + 305) / 2)
+    assert clip_mean(turns, lambda t: t.v2v_ms) == pytest.approx((250 + 305) / 2)
+    clips = [turn(f"c{i}", 200 + i) for i in range(9)] + [turn("slow", 5000)]
+    # 2 of 10 dropped at each end: the slow clip and 208, 200 and 201
+    assert clip_mean(clips, lambda t: t.v2v_ms) == pytest.approx(204.5)
+
+
+def test_a_trimmed_mean_moves_a_step_where_a_median_flips_between_clusters() -> None:
+    before = [200.0] * 5 + [800.0] * 4
+    after = [200.0] * 4 + [800.0] * 5  # one clip went from one cluster to the other
+    assert median(after) - median(before) == 600
+    assert trimmed_mean(after) - trimmed_mean(before) == pytest.approx(600 / 7)
+    assert trimmed_mean([1.0, 2.0, 3.0, 4.0]) == 2.5  # under five values: nothing dropped
+    assert math.isnan(trimmed_mean([]))
 
 
 def test_a_metric_regresses_only_beyond_relative_plus_absolute_tolerance() -> None:
@@ -235,3 +251,34 @@ def test_stage_delays_parse_and_bad_ones_are_configuration_errors() -> None:
     assert Settings.load(None, {"VOICE_DEBUG_STAGE_DELAY": "tts=40"}).debug_stage_delay == "tts=40"
     with pytest.raises(ConfigError):
         Settings.load(None, {"VOICE_DEBUG_STAGE_DELAY": "endpointing=40"})
+
+
+class _Echo:
+    """A provider for all three roles that says what it was given."""
+
+    name = "echo"
+    sample_rate = 22050
+
+    async def transcribe(self, audio: Any) -> Transcript:
+        return Transcript(f"{len(audio)} samples", 0.0, 0.0, len(audio) / 16)
+
+    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        for word in messages[-1]["content"].split():
+            yield word
+
+    async def synthesize(self, text: str) -> Any:
+        return np.full(len(text), 7, np.int16)
+
+
+async def test_only_the_named_stages_are_wrapped_and_they_pass_everything_through() -> None:
+    echo = _Echo()
+    models = delayed(CascadeModels(stt=echo, llm=echo, tts=echo), "stt=1,tts=1")
+    assert models.llm is echo and models.stt is not echo and models.tts is not echo
+    assert models.stt.name == "echo (+1 ms, debug)"
+    assert models.tts.sample_rate == 22050
+    transcript = await models.stt.transcribe(np.zeros(160, np.int16))
+    assert transcript.text == "160 samples"
+    assert (await models.tts.synthesize("abc")).tolist() == [7, 7, 7]
+    slow_llm = delayed(CascadeModels(stt=echo, llm=echo, tts=echo), "llm=1").llm
+    assert [d async for d in slow_llm.stream([{"role": "user", "content": "a b c"}])] == \
+        ["a", "b", "c"]
