@@ -85,7 +85,7 @@ class FixedSilence:
 
 
 class TurnDetector:
-    PREROLL_MS = 300
+    PREROLL_MS = 300  # audio kept from before the onset began: soft first sounds ("s", "f")
     ONSET_GAP_MS = 120  # a gap longer than this inside a candidate onset restarts it
 
     def __init__(self, classifier: FrameClassifier, policy: EndOfTurnPolicy,
@@ -98,12 +98,17 @@ class TurnDetector:
         self._onset_reported = False
         self._transcript: tuple[int, str, float | None] | None = None  # (end, text, pitch)
         self._max_turn_frames = int(max_turn_s * 1000 / self._frame_ms)
+        self._preroll_frames = self.PREROLL_MS // self._frame_ms
+        # the pre-roll proper, then the onset: up to min_speech_ms of speech-like frames
+        # with gaps of up to ONSET_GAP_MS
         self._preroll: deque[tuple[Int16Array, int]] = deque(
-            maxlen=self.PREROLL_MS // self._frame_ms)
+            maxlen=self._preroll_frames + (min_speech_ms + self.ONSET_GAP_MS) // self._frame_ms
+            + 2)
         self._onset_frames = 0
         self._onset_gap = 0
         self._onset_start_ns = 0
-        self._onset_index = 0  # index in the pre-roll where the onset began
+        self._onset_span = 0  # frames since the onset began, gaps included
+        self._lead_frames = 0  # frames of the turn from before its onset
         self._in_turn = False
         self._frames: list[Int16Array] = []
         self._speech_end_index = 0  # frames[:index] is the turn up to the true end
@@ -120,7 +125,11 @@ class TurnDetector:
     @property
     def speech_ms(self) -> float:
         """Length of the current turn up to its true end of speech (0 when idle)."""
-        return self._speech_end_index * self._frame_ms if self._in_turn else 0.0
+        return self._speech_frames() * self._frame_ms if self._in_turn else 0.0
+
+    def _speech_frames(self) -> int:
+        """Frames from the onset to the true end of speech (the pre-roll not counted)."""
+        return max(0, self._speech_end_index - self._lead_frames)
 
     def set_transcript(self, speech_end_ns: int, text: str,
                        final_pitch: float | None = None) -> None:
@@ -158,10 +167,13 @@ class TurnDetector:
         if verdict.speech_like:
             if self._onset_frames == 0:
                 self._onset_start_ns = arrival_ns
+                self._onset_span = 0
             self._onset_frames += 1
+            self._onset_span += 1
             self._onset_gap = 0
         elif self._onset_frames:
             self._onset_gap += 1
+            self._onset_span += 1
             if self._onset_gap * self._frame_ms > self.ONSET_GAP_MS:
                 self._onset_frames = 0
         if not self._onset_frames:
@@ -179,7 +191,9 @@ class TurnDetector:
 
     def _start_turn(self, arrival_ns: int, verdict: FrameVerdict) -> TurnStarted:
         self._in_turn = True
-        self._frames = [f for f, _ in self._preroll]
+        keep = self._onset_span + self._preroll_frames
+        self._frames = [f for f, _ in list(self._preroll)[-keep:]]
+        self._lead_frames = max(0, len(self._frames) - self._onset_span)
         self._preroll.clear()
         self._speech_end_index = len(self._frames)
         self._speech_end_ns = arrival_ns
@@ -218,7 +232,7 @@ class TurnDetector:
         known = self._transcript
         current = known is not None and known[0] == self._speech_end_ns
         context = TurnContext(
-            speech_ms=self._speech_end_index * self._frame_ms,
+            speech_ms=self._speech_frames() * self._frame_ms,
             silence_ms=(len(self._frames) - self._speech_end_index) * self._frame_ms,
             transcript=known[1] if known and current else None,
             final_pitch=known[2] if known and current else None,

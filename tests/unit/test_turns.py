@@ -237,6 +237,20 @@ def test_an_utterance_gives_started_paused_ended(speech: dict[str, Int16Array], 
 
 
 @needs_espeak
+def test_the_turns_audio_keeps_a_pre_roll_from_before_the_onset(
+        speech: dict[str, Int16Array]) -> None:
+    # soft first sounds (the "s" of "set") are often below the VAD, and Whisper needs
+    # them: the pre-roll counts back from where the onset began, not from the frame
+    # where min_speech_ms of it had been heard
+    scene = Scene(speech["weather"], background_dbfs=-60.0)  # every frame unique
+    ended = events_of(feed(scene.samples), TurnEnded)[0]
+    frames, _ = frames_of(scene.samples, FRAME)
+    first = next(i for i, f in enumerate(frames) if np.array_equal(f, ended.audio[:FRAME]))
+    onset_frame = ended.speech_start_ns // FRAME_NS - 1
+    assert onset_frame - first == TurnDetector.PREROLL_MS // FRAME_MS
+
+
+@needs_espeak
 @pytest.mark.parametrize("background", [None, -60.0], ids=["digital-silence", "noise-60dB"])
 @pytest.mark.parametrize("name", list(SENTENCES))
 def test_speech_end_is_the_true_end_not_webrtcvads_hangover(
