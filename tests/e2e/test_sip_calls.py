@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -167,6 +169,7 @@ async def test_loss_reordering_and_jitter_still_give_a_correct_transcript(
         utterances: dict[str, dict[str, str]], tmp_path: Path) -> None:
     fresh_llm.behaviour.reply = "Noted."
     requests_before = len(fresh_llm.requests)
+    concealed_before = frames_counted(sip_service, "concealed")
     # 2 % loss (whisper tiny.en degrades fast beyond it), reordering, 0-30 ms jitter
     impairment = Impairment(loss=0.02, reorder=0.06, jitter_ms=30, seed=11)
     relay, ok, errors = await sipp_call(sip_service, tmp_path, utterances["weather"]["path"],
@@ -176,6 +179,16 @@ async def test_loss_reordering_and_jitter_still_give_a_correct_transcript(
     assert len(fresh_llm.requests) > requests_before
     assert len(user_turns(fresh_llm)) == 1  # one turn, not cut in pieces by the impairment
     assert word_recall(utterances["weather"]["text"], last_user_message(fresh_llm)) >= 0.7
+    # the lost packets were concealed, and /metrics says so
+    await poll(lambda: frames_counted(sip_service, "concealed") > concealed_before, 5)
+
+
+def frames_counted(service: SipService, kind: str) -> float:
+    with urllib.request.urlopen(f"{service.running.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf'^voice_audio_frames_total{{kind="{kind}"}} (\S+)$', text, re.M)
+    assert found, text
+    return float(found.group(1))
 
 
 async def test_hostile_datagrams_during_a_real_call(

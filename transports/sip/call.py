@@ -111,6 +111,8 @@ class SipCall:
                      clock.packets, clock.gaps, clock.max_late_ms)
 
     def _audio(self, samples: Int16Array) -> None:
+        jitter = self.media.inbound.jitter.stats  # /metrics: voice_audio_frames_total
+        self.session.frames_concealed, self.session.frames_dropped = jitter.lost, jitter.late
         if self.session.pipeline is None:  # RTP can beat the session's first step
             self._early.append(samples)
             return
