@@ -83,7 +83,8 @@ def test_real_sentences_with_good_scores_pass(text: str) -> None:
     ("Call my mother Call my mother", "Call my mother"),
     ("Turn on the lights, turn on the lights,", "Turn on the lights"),
     ("Turn on the light, turn on the", "Turn on the light"),
-    ("What is the weather like in Madrid? Madrid? Madrid? Madrid", "What is the weather like in Madrid?"),
+    ("What is the weather like in Madrid? Madrid? Madrid? Madrid",
+     "What is the weather like in Madrid?"),
 ])
 def test_a_decode_that_starts_over_is_cut_at_the_repeat(decoded: str, kept: str) -> None:
     assert cut_repeated_words(decoded) == kept
