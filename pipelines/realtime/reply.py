@@ -62,6 +62,8 @@ class ProviderReply:
                      on_first_send)
 
     def flush_audio(self, playout: Playout, on_first_send: Callable[[int], None]) -> None:
+        if not self.provider_samples:  # an empty reply: a resampler's tail is no reply
+            return
         tail = self.resampler.process(np.zeros(0, dtype=np.int16), last=True)
         self.enqueue(playout, array_to_pcm16_bytes(tail), on_first_send)
 

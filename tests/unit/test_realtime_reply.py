@@ -109,3 +109,18 @@ def test_speech_ends_finds_the_true_end_of_speech_before_a_decision() -> None:
     assert found is not None and abs(found // ms - true_end_ms) <= 60
     assert ends.last_before(400 * ms) is None  # only silence before the speech
     assert ends.last_before(found, not_before=found + 1) is None
+
+
+def test_an_empty_reply_queues_no_audio_and_reports_no_first_send() -> None:
+    """A provider response with no audio (its VAD took hum for speech, then heard no
+    words) must not put a resampler's tail on the wire: that would be a reply to
+    nothing, and a `turn.latency` for a turn that never happened."""
+    playout = Playout(noop, 16000, FakeClock())
+    sent: list[int] = []
+    reply = ProviderReply(turn_id=1, timeline=TurnTimeline(1),
+                          resampler=StreamResampler(24000, 16000), response_id="r")
+    reply.flush_audio(playout, sent.append)
+    assert playout.enqueued_samples == 0 and reply.base is None
+    while playout.pull() is not None:
+        pass
+    assert sent == []
