@@ -95,6 +95,23 @@ CLIPS = [
     Clip("n_noise", "no_turn", "pink", 0, "", quick=True),
     Clip("n_hum", "no_turn", "hum", 0, ""),
     Clip("n_tones", "no_turn", "tones", 0, ""),
+    # Added later, after the no-turn clips so that every earlier clip keeps its seed
+    # (and its bytes): more voices (received pronunciation, Caribbean, New York,
+    # Lancaster) and speeds, 30 spoken utterances in all.
+    Clip("c_garage", "command", "en-gb-x-rp", 165, "Open the garage door."),
+    Clip("c_podcast", "command", "en-us-nyc", 185, "Pause the podcast."),
+    Clip("c_milk", "command", "en-029", 150, "Add milk to my shopping list.", noisy=True),
+    Clip("q_petrol", "question", "en-gb-x-gbclan", 170,
+         "How far is it from here to the nearest petrol station?"),
+    Clip("q_euro", "question", "en-us+f2", 180,
+         "What is the exchange rate between the euro and the dollar today?", noisy=True),
+    Clip("q_sister", "question", "en-gb-x-rp+m3", 140,
+         "Could you read me the last three messages from my sister?"),
+    Clip("p_taxi", "paused", "en-us-nyc", 160, "I need a taxi to |450| the airport at six."),
+    Clip("p_thursday", "paused", "en-gb-x-rp+f3", 155,
+         "Can you move my appointment to |650| next Thursday morning?", noisy=True),
+    Clip("p_door", "paused", "en-us+m2", 145, "The code for the door is four two |550| nine seven."),
+    Clip("p_john", "paused", "en-029", 165, "Send a message to John saying |350| I will be late."),
 ]
 NO_TURN_S = 2.5
 
