@@ -69,13 +69,22 @@ def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
     last = words[-1]
     if last in _OPEN_ENDINGS:
         return 1.0
-    if text.endswith((",", "-", "...", "…", ":")):
+    if text.endswith(("-", "...", "…", ":")):
         return 0.8
     if _ends_in_digits(words):
         return 0.7  # dictated numbers come in groups: "four five six ... seven eight"
+    fell = final_pitch is not None and final_pitch < LEVEL_PITCH
+    level = final_pitch is not None and not fell
+    # Whisper punctuates a turn cut 40 ms into its silence unreliably: a short command
+    # comes back as "turn on the lights," or "Call my mother". The final fall of pitch
+    # that ends statements and commands outweighs that; less so for a comma, which also
+    # ends the items of a list said with pauses ("Please add milk, ... eggs, ..."). No
+    # full stop and a level pitch are two signs of a pause, not one.
+    if text.endswith(","):
+        return 0.5 if fell else 0.8
     if not text.endswith((".", "?", "!")):
-        return 0.5
-    if text.endswith((".", "!")) and final_pitch is not None and final_pitch >= LEVEL_PITCH:
+        return 0.0 if fell else 0.8 if level else 0.5
+    if text.endswith((".", "!")) and final_pitch is not None and not fell:
         return 0.7  # a statement without the final fall of pitch: probably mid-sentence
     return 0.0
 

@@ -99,3 +99,16 @@ def test_a_statement_whose_pitch_did_not_fall_reads_as_unfinished() -> None:
     assert incompleteness("The meeting is on Tuesday.", final_pitch=0.7) == 0.0
     assert incompleteness("Is it on Tuesday?", final_pitch=1.1) == 0.0  # questions end high
     assert incompleteness("The meeting is on Tuesday.", final_pitch=None) == 0.0
+
+
+def test_a_final_fall_of_pitch_outweighs_a_missing_full_stop_or_a_comma() -> None:
+    """Whisper often ends a short command cut 40 ms into its silence with a comma or
+    nothing ("turn on the lights,", "Call my mother"); the pitch fell, so it is done."""
+    assert incompleteness("Call my mother", final_pitch=0.73) == 0.0
+    assert incompleteness("Call my mother", final_pitch=None) == 0.5
+    assert incompleteness("Call my mother", final_pitch=0.95) == 0.8  # level: a pause
+    assert incompleteness("turn on the lights,", final_pitch=0.73) == 0.5
+    assert incompleteness("turn on the lights,", final_pitch=0.95) == 0.8
+    # the lexical cues still win: an open ending or a digit group is not finished
+    assert incompleteness("Please send the report to", final_pitch=0.7) == 1.0
+    assert incompleteness("My number is five five five", final_pitch=0.7) >= 0.5
