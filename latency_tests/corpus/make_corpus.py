@@ -110,7 +110,8 @@ CLIPS = [
     Clip("p_taxi", "paused", "en-us-nyc", 160, "I need a taxi to |450| the airport at six."),
     Clip("p_thursday", "paused", "en-gb-x-rp+f3", 155,
          "Can you move my appointment to |650| next Thursday morning?", noisy=True),
-    Clip("p_door", "paused", "en-us+m2", 145, "The code for the door is four two |550| nine seven."),
+    Clip("p_door", "paused", "en-us+m2", 145,
+         "The code for the door is four two |550| nine seven."),
     Clip("p_john", "paused", "en-029", 165, "Send a message to John saying |350| I will be late."),
 ]
 NO_TURN_S = 2.5
