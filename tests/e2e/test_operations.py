@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.ws_client import VoiceClient
@@ -108,7 +109,11 @@ async def test_sigterm_drains_active_calls_then_says_goodbye(
         # at the drain timeout (10 s) the caller hears the goodbye, then the close
         mark = len(client.record.events)
         while not client.closed and time.monotonic() - started < 30:
-            await client.stream_silence(0.2)
+            try:
+                await client.stream_silence(0.2)
+            except websockets.ConnectionClosed:  # the close came while we were sending
+                break
+        await client.wait_closed()
     goodbye = [e for e in client.record.events[mark:] if e["type"] == "response.done"]
     assert goodbye and goodbye[-1]["text"].endswith("Goodbye.")
     assert (client.close_code, client.close_reason) == (1000, "the service is shutting down")
