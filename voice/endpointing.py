@@ -84,7 +84,7 @@ def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
         return 0.5 if fell else 0.8
     if not text.endswith((".", "?", "!")):
         return 0.0 if fell else 0.8 if level else 0.5
-    if text.endswith((".", "!")) and final_pitch is not None and not fell:
+    if text.endswith((".", "!")) and level:
         return 0.7  # a statement without the final fall of pitch: probably mid-sentence
     return 0.0
 
