@@ -12,18 +12,31 @@ and a continuation can send the previous turn again with the new one.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pipelines.cascade.stt import SpeechToText, hallucination_reason
 from pipelines.realtime.options import RealtimeOptions
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
 from voice.endpointing import CallerPauses, build_policy
-from voice.turns import TurnDetector, TurnEvent, frames_of
+from voice.errors import ProviderError
+from voice.prosody import final_pitch_ratio
+from voice.turns import SpeechPaused, TurnDetector, TurnEnded, TurnEvent, frames_of
 from voice.vad import FrameClassifier
+
+log = logging.getLogger(__name__)
 
 PREROLL_MS = 400
 JOIN_GAP_MS = 300  # silence put between the parts of a continued utterance
+JUDGE_TIMEOUT_S = 2.0  # longest wait for a contested turn's transcript at its end
+
+Spawn = Callable[[Coroutine[Any, Any, str | None], str], "asyncio.Task[str | None]"]
 
 
 class LocalTurns:
@@ -100,6 +113,74 @@ class LocalTurns:
             gap = np.zeros(self._provider_rate * JOIN_GAP_MS // 1000, dtype=np.int16)
             parts = [carry, gap, *parts]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
+@dataclass
+class _Guess:
+    speech_end_ns: int
+    task: asyncio.Task[str | None]
+
+
+class TurnReader:
+    """The local STT's reading of the turn so far, started at each pause: the
+    end-of-turn policy reads it (with the final pitch), and a turn that began over a
+    reply is judged by it at its end (`judge`)."""
+
+    def __init__(self, turns: LocalTurns, stt: SpeechToText | None,
+                 no_speech_threshold: float, spawn: Spawn) -> None:
+        self._turns = turns
+        self._stt = stt
+        self._no_speech_threshold = no_speech_threshold
+        self._spawn = spawn
+        self._guess: _Guess | None = None
+        self._final_pitch: float | None = None
+
+    def paused(self, event: SpeechPaused, turn_id: int) -> None:
+        """The caller paused: read the turn so far while the policy waits."""
+        self.cancel()
+        self._final_pitch = final_pitch_ratio(event.audio)
+        self._guess = self._start(event.speech_end_ns, event.audio, turn_id, "guess")
+
+    def cancel(self) -> None:
+        if self._guess is not None:
+            self._guess.task.cancel()
+            self._guess = None
+
+    async def judge(self, event: TurnEnded, turn_id: int) -> str | None:
+        """What the caller said in this turn (None: no words). The pause's reading
+        serves if it read this very turn; otherwise the turn is read now."""
+        guess = self._guess
+        if guess is None or guess.speech_end_ns != event.speech_end_ns:
+            self.cancel()
+            guess = self._guess = self._start(event.speech_end_ns, event.audio, turn_id,
+                                              "judge")
+        try:
+            async with asyncio.timeout(JUDGE_TIMEOUT_S):
+                return await asyncio.shield(guess.task)
+        except TimeoutError:
+            log.warning("turn %d: no transcript to judge the barge-in by", turn_id)
+            return "(unknown)"  # treated as words: better to stop than to talk over
+
+    def _start(self, speech_end_ns: int, audio: Int16Array, turn_id: int,
+               what: str) -> _Guess:
+        return _Guess(speech_end_ns, self._spawn(
+            self._transcribe(speech_end_ns, audio, turn_id), what))
+
+    async def _transcribe(self, speech_end_ns: int, audio: Int16Array,
+                          turn_id: int) -> str | None:
+        if self._stt is None:
+            return "(no local transcription)"  # judged as words: the reply stops
+        try:
+            transcript = await self._stt.transcribe(audio)
+        except ProviderError as exc:
+            log.warning("turn %d: local transcription failed: %s", turn_id, exc)
+            return "(unknown)"
+        text = (None if hallucination_reason(transcript, self._no_speech_threshold)
+                else transcript.text)
+        guess = self._guess
+        if guess is not None and guess.speech_end_ns == speech_end_ns:
+            self._turns.set_transcript(speech_end_ns, text or "", self._final_pitch)
+        return text
 
 
 class SpeechEnds:

@@ -19,47 +19,47 @@ fails too, or the provider's circuit breaker is open (`voice.resilience`, shared
 all sessions), the local cascade serves the rest of the session when a `fallback` is
 given (`realtime_fallback = cascade`: the audio the provider never heard is replayed
 to it, and its `turn.latency` events say why), and otherwise the call is hung up.
+
+This class decides; its parts keep state and do the work: `link` (the connection, its
+reconnects and watchdog), `local_turns` (our VAD's turns and the local STT's reading
+of them), `conversation` (history, and which provider item is which turn),
+`playback` (reply audio to the session), `fallback` (the cascade taking over).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
-from pipelines.cascade.reply import APOLOGY
-from pipelines.cascade.stt import SpeechToText, hallucination_reason
+from pipelines.cascade.stt import SpeechToText
 from pipelines.cascade.tts import TextToSpeech
 from pipelines.realtime import client_events as ce
 from pipelines.realtime import protocol as rt
+from pipelines.realtime.conversation import Conversation
+from pipelines.realtime.fallback import Fallback, FallbackIO, UnheardAudio
 from pipelines.realtime.link import ProviderLink
-from pipelines.realtime.local_turns import LocalTurns, SpeechEnds
+from pipelines.realtime.local_turns import LocalTurns, SpeechEnds, TurnReader
 from pipelines.realtime.options import RealtimeOptions, SessionIO
+from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider
 from pipelines.realtime.reply import ProviderReply
-from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, resample
+from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.backchannel import is_backchannel
 from voice.clock import Clock
 from voice.errors import ProviderError, ProviderRateLimited, VoiceError
 from voice.events import (
     ErrorOccurred,
-    Event,
     ResponseDone,
     ResponseInterrupted,
     ResponseTextDelta,
     SpeechStarted,
     SpeechStopped,
-    TranscriptFinal,
-    TurnLatency,
 )
 from voice.latency import TurnTimeline
-from voice.playout import wait_until_played
-from voice.prosody import final_pitch_ratio
 from voice.resilience import CircuitBreaker
 from voice.turns import (
     OnsetAbandoned,
@@ -76,46 +76,6 @@ log = logging.getLogger(__name__)
 STARVATION_S = 0.1  # no audio this long inside a turn counts as silence
 PREFIX_PADDING_MS = 300  # what session_update asks of server VAD
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
-HISTORY_TURNS = 40
-REPLAY_S = 10.0  # audio kept while the provider is not connected, for a fallback to hear
-
-
-class Fallback(Protocol):
-    """What serves a session whose realtime provider is unavailable (the cascade)."""
-
-    name: str
-
-    def push_audio(self, samples: Int16Array, arrival_ns: int) -> None: ...
-
-    async def run(self) -> None: ...
-
-    async def interrupt(self, reason: str) -> None: ...
-
-    async def announce(self, text: str) -> None: ...
-
-    async def handle_dtmf(self, digit: str) -> None: ...
-
-
-class _FallbackIO:
-    """The session as the fallback sees it: its `turn.latency` events say why it served."""
-
-    def __init__(self, io: SessionIO, why: str) -> None:
-        self._io = io
-        self._why = why
-        self.sample_rate = io.sample_rate
-        self.playout = io.playout
-
-    def emit(self, event: Event) -> None:
-        if isinstance(event, TurnLatency):
-            event = dataclasses.replace(event, fallback="; ".join(
-                part for part in (self._why, event.fallback) if part))
-            log.info("turn %d served by the fallback %s instead of the realtime provider (%s)",
-                     event.turn_id, event.provider, event.fallback)
-        self._io.emit(event)
-
-    async def hangup(self, reason: str) -> None:
-        await self._io.hangup(reason)
-JUDGE_TIMEOUT_S = 2.0  # longest wait for a contested turn's transcript at its end
 
 
 class RealtimePipeline:
@@ -129,12 +89,9 @@ class RealtimePipeline:
         self._options = options
         self._io = io
         self._clock = clock
-        self._tts = tts  # speaks announcements and apologies when the provider cannot
-        self._stt = stt  # local turn-taking: reads and judges the caller's turns
         self._fallback = fallback
         self._delegate: Fallback | None = None  # the fallback, once it serves the session
-        self._unheard: deque[tuple[Int16Array, int]] = deque()  # while not connected
-        self._unheard_samples = 0
+        self._unheard = UnheardAudio(io.sample_rate)  # while not connected
         self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
         self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
         self._local = (LocalTurns(options, io.sample_rate, rt.PROVIDER_RATE)
@@ -143,30 +100,25 @@ class RealtimePipeline:
                                         io.sample_rate) if self._local is None else None)
         self._streaming = False  # local VAD: the current turn's audio is being kept
         self._contested = False  # local VAD: this turn began over a reply, verdict pending
-        self._guess: tuple[int, asyncio.Task[str | None]] | None = None  # (speech end, STT)
-        self._final_pitch: float | None = None
+        self._reader = (TurnReader(self._local, stt, options.no_speech_threshold, self._spawn)
+                        if self._local is not None else None)
         self._last_turn: tuple[Int16Array, int] | None = None  # (provider audio, start)
         self._last_turn_end_ns = 0
         self._carry: tuple[Int16Array, int] | None = None  # the turn this one continues
-        self._last_user_item: str | None = None
-        self._forgotten: set[str] = set()  # user items a continuation took back
-        self._history_mark = 0  # len(history) when the last turn was committed
         self._speaking = False  # provider VAD: between speech_started and speech_stopped
         o = options
         self._link = ProviderLink(
             provider, ce.session_update(o.instructions, o.voice, o.turn_detection, o.silence_ms,
                                         o.language),
             o.timeout_s, o.reconnect_backoff_s, self._on_event, self._on_link_failure,
-            lambda: self._history, breaker)
+            lambda: self._conversation.history, breaker)
         self._watchdog = self._link.watchdog
         self._turn_id = 0
         self._timeline: TurnTimeline | None = None  # the current turn, until its reply
         self._awaiting = False  # the turn ended; its reply has not started yet
         self._reply: ProviderReply | None = None
-        self._user_items: dict[str, int] = {}  # provider input item → our turn
-        self._item_start_ms: dict[str, int] = {}  # provider VAD: item → audio_start_ms
-        self._audio_ms: dict[int, float] = {}  # turn → length of the audio it committed
-        self._history: list[tuple[Literal["user", "assistant"], str]] = []
+        self._conversation = Conversation()
+        self._player = ReplyPlayer(io, tts, provider.name, self._conversation)
         self._tasks: asyncio.TaskGroup | None = None
 
     # -- the Pipeline protocol ---------------------------------------------------------
@@ -196,11 +148,10 @@ class RealtimePipeline:
         reason = f"{self._provider.name}: {why}"
         log.warning("realtime provider unavailable (%s): the %s fallback serves the rest of "
                     "this session", reason, "cascade")
-        delegate = self._fallback(_FallbackIO(self._io, reason))
+        delegate = self._fallback(FallbackIO(self._io, reason))
         self._link.diverted()
-        for samples, arrival_ns in [*self._unheard, *self._drain_queue()]:
+        for samples, arrival_ns in [*self._unheard.take(), *self._drain_queue()]:
             delegate.push_audio(samples, arrival_ns)
-        self._unheard.clear()
         self._delegate = delegate
         await delegate.run()
 
@@ -209,16 +160,6 @@ class RealtimePipeline:
         while not self._audio.empty():
             items.append(self._audio.get_nowait())
         return items
-
-    def _keep_unheard(self, samples: Int16Array, arrival_ns: int) -> None:
-        """Audio the provider did not hear (not connected): a fallback may need it."""
-        if self._fallback is None:
-            return
-        self._unheard.append((samples, arrival_ns))
-        self._unheard_samples += len(samples)
-        while self._unheard_samples - len(self._unheard[0][0]) >= \
-                REPLAY_S * self._io.sample_rate:
-            self._unheard_samples -= len(self._unheard.popleft()[0])
 
     def _on_link_failure(self, exc: ProviderError) -> None:
         """The connection failed: a turn in flight ends with an apology; with none in
@@ -237,29 +178,20 @@ class RealtimePipeline:
         reply = self._reply
         if reply is None or reply.finished:
             return
-        reply.finished = True
-        playout = self._io.playout
-        played_ms, played_text = reply.played(playout)
-        playout.clear()
-        if not reply.timeline.has("first_audio_out"):
-            playout.on_first_send = None
-        await self._cancel_task(reply.finisher)
+        played_ms, played_text = await self._player.stop(reply)
         link = self._link
         if not reply.generated and reply.response_id is not None:
             await link.send(ce.response_cancel(reply.response_id, link.best_effort_id()))
             self._watchdog.disarm()
         reply.generated = True
         if forget:
-            for item in (reply.item_id, self._last_user_item):
-                if item is not None:
-                    await link.send(ce.item_delete(item, link.best_effort_id()))
-                    self._forgotten.add(item)
-            del self._history[self._history_mark:]
+            for item in self._conversation.forget(reply.item_id):
+                await link.send(ce.item_delete(item, link.best_effort_id()))
         elif reply.item_id is not None and reply.provider_samples:
             heard_ms = min(played_ms, reply.received_ms)
             await link.send(ce.item_truncate(reply.item_id, heard_ms, link.best_effort_id()))
         if not forget:
-            self._remember("assistant", played_text)
+            self._conversation.remember("assistant", played_text)
         self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,
                                           played_text=played_text, reason=reason))
         log.info("turn %d interrupted (%s) after %d ms of audio", reply.turn_id, reason,
@@ -272,13 +204,8 @@ class RealtimePipeline:
             return
         await self.interrupt("announcement")
         self._io.emit(ResponseTextDelta(turn_id=self._turn_id, delta=text))
-        if self._tts is not None:
-            playout = self._io.playout
-            samples = await self._tts.synthesize(text)
-            playout.enqueue(array_to_pcm16_bytes(
-                resample(samples, self._tts.sample_rate, self._io.sample_rate)))
-            await wait_until_played(playout, playout.enqueued_samples)
-        self._remember("assistant", text)
+        await self._player.speak(text)
+        self._conversation.remember("assistant", text)
         await self._link.send(ce.text_item_create("assistant", text))
         self._io.emit(ResponseDone(turn_id=self._turn_id, text=text))
 
@@ -301,10 +228,10 @@ class RealtimePipeline:
                 await self._fill_starved_gap()
                 continue
             if not self._link.connected:
-                self._keep_unheard(samples, arrival_ns)
+                if self._fallback is not None:  # it may need what the provider missed
+                    self._unheard.keep(samples, arrival_ns)
             elif self._unheard:
                 self._unheard.clear()
-                self._unheard_samples = 0
             provider_samples = self._to_provider.process(samples)
             if self._speech_ends is not None:
                 self._speech_ends.push(samples, arrival_ns)
@@ -335,8 +262,8 @@ class RealtimePipeline:
         speech onset; a turn that began over a reply is held back until it is judged
         (a backchannel or noise resumes the reply; words or long speech interrupt it,
         or continue the previous turn when it came within the continuation window)."""
-        local = self._local
-        assert local is not None
+        local, reader = self._local, self._reader
+        assert local is not None and reader is not None
         for event in events:
             if isinstance(event, SpeechOnset):
                 if self._reply_playing() and self._io.playout.speaking:
@@ -347,13 +274,10 @@ class RealtimePipeline:
             elif isinstance(event, TurnStarted):
                 await self._local_turn_started(event.speech_start_ns)
             elif isinstance(event, SpeechPaused):
-                self._cancel_guess()
-                self._final_pitch = final_pitch_ratio(event.audio)
-                self._guess = (event.speech_end_ns, self._spawn(
-                    self._guess_transcript(event.speech_end_ns, event.audio), "guess"))
+                reader.paused(event, self._turn_id)
             elif isinstance(event, SpeechResumed):
                 local.pauses.record(event.pause_ms)
-                self._cancel_guess()
+                reader.cancel()
         if samples is not None:
             if not self._streaming:
                 local.keep(samples)
@@ -381,9 +305,9 @@ class RealtimePipeline:
             await self._send_input(preroll, speech_start_ns)
 
     async def _local_turn_ended(self, event: TurnEnded) -> None:
-        assert self._local is not None
+        assert self._local is not None and self._reader is not None
         if self._contested:
-            heard = await self._judge(event)
+            heard = await self._reader.judge(event, self._turn_id)
             if is_backchannel(heard):
                 log.info("turn %d: not a barge-in (%r); the reply goes on", self._turn_id,
                          heard)
@@ -392,34 +316,21 @@ class RealtimePipeline:
                 self._io.playout.resume()
                 return
             await self._confirm_contested(f"words: {heard!r}")
-        self._cancel_guess()
+        self._reader.cancel()
         self._streaming = False
         start = self._carry[1] if self._carry else event.speech_start_ns
         self._last_turn = (self._local.turn_audio(self._carry[0] if self._carry else None),
                            start)
-        self._audio_ms[self._turn_id] = len(self._last_turn[0]) * 1000 / rt.PROVIDER_RATE
+        self._conversation.committed_audio(self._turn_id,
+                                           len(self._last_turn[0]) * 1000 / rt.PROVIDER_RATE)
         self._last_turn_end_ns = event.turn_end_ns
         self._end_turn(event.speech_end_ns, event.turn_end_ns)
-        self._history_mark = len(self._history)
+        self._conversation.mark()
         if not (await self._link.send(ce.input_audio_commit())
                 and await self._link.send(ce.response_create())):
             self._fail_turn(ProviderError(
                 "the realtime provider is not connected", provider=self._provider.name,
                 code="realtime_disconnected"))
-
-    async def _judge(self, event: TurnEnded) -> str | None:
-        """What the caller said in a turn that began over a reply (None: no words)."""
-        guess = self._guess
-        if guess is None or guess[0] != event.speech_end_ns:
-            self._cancel_guess()
-            guess = self._guess = (event.speech_end_ns, self._spawn(
-                self._guess_transcript(event.speech_end_ns, event.audio), "judge"))
-        try:
-            async with asyncio.timeout(JUDGE_TIMEOUT_S):
-                return await asyncio.shield(guess[1])
-        except TimeoutError:
-            log.warning("turn %d: no transcript to judge the barge-in by", self._turn_id)
-            return "(unknown)"  # treated as words: better to stop than to talk over
 
     async def _confirm_contested(self, why: str) -> None:
         """The turn over the reply is real: it interrupts the reply, or continues the
@@ -442,28 +353,6 @@ class RealtimePipeline:
         await self._link.send(ce.input_audio_clear())
         audio = self._local.turn_audio(self._carry[0] if self._carry else None)
         await self._send_input(audio, self._clock.now_ns())
-
-    async def _guess_transcript(self, speech_end_ns: int, audio: Int16Array) -> str | None:
-        """Transcribe the turn so far with the local STT: the end-of-turn policy reads
-        it, and a contested turn is judged by it. None: no words (or no STT)."""
-        if self._stt is None:
-            return "(no local transcription)"  # judged as words: the reply stops
-        try:
-            transcript = await self._stt.transcribe(audio)
-        except ProviderError as exc:
-            log.warning("turn %d: local transcription failed: %s", self._turn_id, exc)
-            return "(unknown)"
-        text = (None if hallucination_reason(transcript, self._options.no_speech_threshold)
-                else transcript.text)
-        guess = self._guess
-        if self._local is not None and guess is not None and guess[0] == speech_end_ns:
-            self._local.set_transcript(speech_end_ns, text or "", self._final_pitch)
-        return text
-
-    def _cancel_guess(self) -> None:
-        if self._guess is not None:
-            self._guess[1].cancel()
-            self._guess = None
 
     def _spawn(self, coro: Coroutine[Any, Any, str | None], what: str) -> asyncio.Task[str | None]:
         assert self._tasks is not None
@@ -490,38 +379,25 @@ class RealtimePipeline:
         self._awaiting = True
         self._watchdog.arm()
 
-    def _remember(self, role: Literal["user", "assistant"], text: str) -> None:
-        if text:
-            self._history = [*self._history, (role, text)][-HISTORY_TURNS:]
-
     # -- provider events -----------------------------------------------------------------
     async def _on_event(self, event: rt.ServerEvent) -> None:
         if isinstance(event, rt.SpeechStarted):
             self._speaking = True
-            self._user_items[event.item_id] = self._turn_id + 1
-            self._item_start_ms[event.item_id] = event.audio_start_ms
-            _bound(self._user_items)  # transcripts that never came
-            _bound(self._item_start_ms)
-            _bound(self._audio_ms)
+            self._conversation.speech_started(event.item_id, self._turn_id + 1,
+                                              event.audio_start_ms)
             padding = PREFIX_PADDING_MS if self._options.turn_detection == "server_vad" else 0
             clock = self._link.input_clock
             await self._start_turn(clock.arrival_ns(event.audio_start_ms + padding))
         elif isinstance(event, rt.SpeechStopped):
-            start = self._item_start_ms.pop(event.item_id, event.audio_end_ms)
-            self._audio_ms[self._user_items.get(event.item_id, self._turn_id)] = \
-                event.audio_end_ms - start
+            self._conversation.speech_stopped(event.item_id, event.audio_end_ms, self._turn_id)
             self._on_speech_stopped(event)
         elif isinstance(event, rt.InputCommitted):
-            self._last_user_item = event.item_id
-            self._user_items.setdefault(event.item_id, self._turn_id)
+            self._conversation.input_committed(event.item_id, self._turn_id)
         elif isinstance(event, rt.InputTranscribed):
-            text = event.transcript.strip()
-            if event.item_id not in self._forgotten:
-                self._remember("user", text)
-            if text:
-                turn = self._user_items.pop(event.item_id, self._turn_id)
-                self._io.emit(TranscriptFinal(turn_id=turn, text=text,
-                                              audio_ms=round(self._audio_ms.pop(turn, 0))))
+            final = self._conversation.transcribed(event.item_id, event.transcript,
+                                                   self._turn_id)
+            if final is not None:
+                self._io.emit(final)
         elif isinstance(event, rt.ResponseCreated):
             self._on_response_created(event.response_id)
         elif isinstance(event, rt.OutputItemAdded):
@@ -581,7 +457,7 @@ class RealtimePipeline:
             return
         reply.timeline.mark("tts_first_audio", self._clock.now_ns())
         reply.item_id = reply.item_id or event.item_id
-        reply.add_provider_audio(self._io.playout, event.pcm, self._on_first_send(reply))
+        self._player.add_audio(reply, event.pcm)
 
     def _on_text(self, event: rt.TextDelta) -> None:
         reply = self._current(event.response_id)
@@ -648,53 +524,4 @@ class RealtimePipeline:
     def _finish(self, reply: ProviderReply, apologize: bool) -> None:
         assert self._tasks is not None
         reply.finisher = self._tasks.create_task(
-            self._play_out(reply, apologize), name=f"realtime-turn-{reply.turn_id}-finish")
-
-    async def _play_out(self, reply: ProviderReply, apologize: bool) -> None:
-        """Let the reply be heard to its end, then report it done."""
-        playout = self._io.playout
-        on_first_send = self._on_first_send(reply)
-        reply.flush_audio(playout, on_first_send)
-        if apologize and self._tts is not None:
-            try:
-                samples = await self._tts.synthesize(APOLOGY)
-                reply.enqueue(playout, array_to_pcm16_bytes(
-                    resample(samples, self._tts.sample_rate, self._io.sample_rate)),
-                    on_first_send)
-            except ProviderError as exc:
-                log.warning("turn %d: cannot speak the apology: %s", reply.turn_id, exc)
-        if reply.base is not None:
-            await wait_until_played(playout, playout.enqueued_samples)
-        reply.finished = True
-        self._remember("assistant", reply.text)
-        if reply.base is not None or reply.text or apologize:
-            self._io.emit(ResponseDone(turn_id=reply.turn_id, text=reply.text))
-        else:
-            log.info("turn %d: the provider's reply was empty", reply.turn_id)
-
-    def _on_first_send(self, reply: ProviderReply) -> Callable[[int], None]:
-        def first_audio_out(now_ns: int) -> None:
-            reply.timeline.mark("first_audio_out", now_ns)
-            log.info("%s (%s)", reply.timeline.log_line(), self._provider.name)
-            self._io.emit(TurnLatency(turn_id=reply.turn_id, stages=reply.timeline.stages_ms(),
-                                      stamps_ms=reply.timeline.relative_ms(),
-                                      provider=self._provider.name))
-        return first_audio_out
-
-    @staticmethod
-    async def _cancel_task(task: asyncio.Task[None] | None) -> None:
-        if task is None or task.done():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-
-
-def _bound(book: dict[Any, Any]) -> None:
-    """Forget the oldest entries beyond HISTORY_TURNS (dicts keep insertion order)."""
-    while len(book) > HISTORY_TURNS:
-        del book[next(iter(book))]
+            self._player.play_out(reply, apologize), name=f"realtime-turn-{reply.turn_id}-finish")
