@@ -163,11 +163,12 @@ async def run_turn_taking(url: str, rate: int, repeat: int) -> TurnTakingReport:
     question = CORPUS / manifest["q_weather"]["file"]
     for name, entry in manifest.items():
         clip, category = CORPUS / entry["file"], entry["category"]
+        detail = ""
         if category == "ordinary":
-            for _ in range(repeat):
-                v2v = await measure_ordinary(url, clip, rate)
-                if v2v is not None:
-                    report.v2v_ms.append(v2v)
+            heard = [await measure_ordinary(url, clip, rate) for _ in range(repeat)]
+            report.v2v_ms.extend(v2v for v2v in heard if v2v is not None)
+            detail = "  v2v " + ", ".join("no reply" if v2v is None else f"{v2v:.0f} ms"
+                                          for v2v in heard)
         elif category == "paused":
             report.paused_total += 1
             premature, lost, asr = await measure_paused(url, clip, entry, rate)
@@ -184,5 +185,5 @@ async def run_turn_taking(url: str, rate: int, repeat: int) -> TurnTakingReport:
                 report.reaction_ms.append(reaction)
             if not interrupted:
                 report.missed_interruptions.append(name)
-        print(f"  {category:<12} {name}", flush=True)
+        print(f"  {category:<12} {name}{detail}", flush=True)
     return report

@@ -120,7 +120,7 @@ class Settings:
     vad_aggressiveness: int = _opt(2, "webrtcvad aggressiveness 0-3.")
     vad_frame_ms: int = _opt(20, "VAD frame length: 10, 20 or 30 ms.")
     min_speech_ms: int = _opt(200, "Voiced speech needed before a turn starts.")
-    turn_preset: str = _opt("default", "End of turn: default (200-900 ms by transcript cues), "
+    turn_preset: str = _opt("default", "End of turn: default (200-1000 ms by transcript cues), "
                             "patient (800-1600 ms), or fixed (silence_ms).")
     min_wait_ms: int = _opt(0, "Silence that ends a turn that reads as complete (0: preset's).")
     max_wait_ms: int = _opt(0, "Silence that ends a turn that reads as unfinished "
