@@ -7,7 +7,9 @@ for a response itself.
 Only the turn's audio goes to the provider: a short pre-roll kept while idle, then
 everything until the turn ends. The turn's audio is also kept here, at the provider's
 rate, so that a turn that began over a reply can be held back until it is judged,
-and a continuation can send the previous turn again with the new one.
+and a continuation can send the previous turn again with the new one. `TurnReader`
+transcribes the turn so far with the local STT at each pause: the policy reads that
+transcript, and it decides whether a turn over a reply held words.
 """
 
 from __future__ import annotations
