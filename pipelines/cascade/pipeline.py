@@ -49,6 +49,7 @@ from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
 from voice.prosody import final_pitch_ratio
 from voice.settings import Settings
+from voice.tasks import cancel_and_wait
 from voice.turns import (
     OnsetAbandoned,
     SpeechOnset,
@@ -337,12 +338,5 @@ class CascadePipeline:
 
 
 async def _cancel(running: _Running | None) -> None:
-    if running is None or running.task.done():
-        return
-    running.task.cancel()
-    try:
-        await running.task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+    if running is not None:
+        await cancel_and_wait(running.task)

@@ -5,7 +5,6 @@ and stopping a reply at once (what the caller heard of it)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from voice.audio import array_to_pcm16_bytes, resample
 from voice.errors import ProviderError
 from voice.events import ResponseDone, TurnLatency
 from voice.playout import wait_until_played
+from voice.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ReplyPlayer:
         playout.clear()
         if not reply.timeline.has("first_audio_out"):
             playout.on_first_send = None
-        await cancel_quietly(reply.finisher)
+        await cancel_and_wait(reply.finisher)
         return played
 
     async def speak(self, text: str) -> None:
@@ -88,15 +88,3 @@ class ReplyPlayer:
                                       provider=self._provider))
         return first_audio_out
 
-
-async def cancel_quietly(task: asyncio.Task[None] | None) -> None:
-    """Cancel `task` and wait for it; a cancellation of the caller itself goes on."""
-    if task is None or task.done():
-        return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise

@@ -33,6 +33,7 @@ from transports.realtime_api.generation import (
 )
 from transports.realtime_api.session_config import PCM_FORMAT, RATE
 from voice.audio import Int16Array
+from voice.tasks import cancel_and_wait
 
 Send = Callable[[dict[str, Any]], None]
 DELTA_BYTES = RATE * 2 // 5  # 200 ms of audio per response.output_audio.delta
@@ -181,18 +182,8 @@ class Running:
 
 
 async def cancel_running(running: Running | None) -> None:
-    if running is None:
-        return
-    tasks = [t for t in (running.run_task, running.task) if t is not None and not t.done()]
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+    if running is not None:
+        await cancel_and_wait(running.run_task, running.task)
 
 
 def error_event(exc: RealtimeApiError) -> dict[str, Any]:
