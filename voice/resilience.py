@@ -20,6 +20,7 @@ whose waits are sleeps between attempts.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -28,6 +29,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 log = logging.getLogger(__name__)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header in its delta-seconds form, or None.
+
+    An HTTP-date is rare from model APIs and gives None (the breaker's own timing
+    applies); so does anything that is not a plain finite number of seconds."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class BreakerState(StrEnum):

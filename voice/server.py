@@ -146,13 +146,14 @@ class Service:
         with the load, so that a balancer can prefer the least-loaded worker."""
         load = self.load()
         at_capacity = self.open_sessions() >= self.settings.max_sessions
-        ready = not load.draining and not at_capacity
+        failure = None if self.sip is None else self.sip.failure
+        ready = not load.draining and not at_capacity and failure is None
         return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
                        "capacity": load.capacity,
                        "load": round(load.sessions / max(1, load.capacity), 3),
                        "sip_calls": None if self.sip is None else len(self.sip.calls),
-                       "reason": "draining" if load.draining
-                       else "at capacity" if at_capacity else ""}
+                       "reason": "draining" if load.draining else failure
+                       or ("at capacity" if at_capacity else "")}
 
     def _cascade(self, session: Session) -> CascadePipeline:
         return CascadePipeline(self.models, self.settings, session, self.clock)

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import openai
 
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
-from voice.resilience import CircuitBreaker
+from voice.resilience import CircuitBreaker, retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class OpenAIChat:
         except openai.RateLimitError as exc:
             raise ProviderRateLimited("LLM rate limit (HTTP 429)", provider=self.name,
                                       code="llm_rate_limited",
-                                      retry_after_s=_retry_after(exc.response)) from exc
+                                      retry_after_s=retry_after_s(
+                                          exc.response.headers.get("retry-after"))) from exc
         except openai.APITimeoutError as exc:
             raise ProviderTimeout("LLM request timed out", provider=self.name,
                                   code="llm_timeout") from exc
@@ -132,15 +133,6 @@ class DemoResponder:
 
     async def close(self) -> None:
         return None
-
-
-def _retry_after(response: Any) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds form), or None."""
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP-date: rare from LLM APIs; the breaker's own timing applies
 
 
 @dataclass

@@ -27,7 +27,7 @@ import openai
 from pipelines.cascade.stt import Transcript
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, pcm16_bytes_to_array
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
-from voice.resilience import CircuitBreaker
+from voice.resilience import CircuitBreaker, retry_after_s
 
 SPEECH_PCM_RATE = 24000  # the OpenAI audio API's `pcm` format
 
@@ -53,10 +53,9 @@ class _LoopClient:
 
 def _translate(exc: openai.OpenAIError, name: str, what: str) -> ProviderError:
     if isinstance(exc, openai.RateLimitError):
-        header = exc.response.headers.get("retry-after")
         return ProviderRateLimited(f"{what}: rate limit (HTTP 429)", provider=name,
-                                   retry_after_s=float(header) if header and
-                                   header.replace(".", "", 1).isdigit() else None)
+                                   retry_after_s=retry_after_s(
+                                       exc.response.headers.get("retry-after")))
     if isinstance(exc, openai.APITimeoutError):
         return ProviderTimeout(f"{what}: timed out", provider=name)
     if isinstance(exc, openai.APIStatusError):

@@ -304,3 +304,41 @@ async def test_hostile_datagrams_do_not_disturb_a_call_in_progress() -> None:
     assert bridge.endpoint.stats.oversized >= 3 and bridge.endpoint.stats.malformed >= 10
     assert stubs.made[0].digits == ["5"]
     assert phone.rtp_stats.lost == phone.rtp_stats.reordered == 0
+
+
+def sdp_with(media: bytes) -> bytes:
+    return b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n" + media
+
+
+async def test_hostile_sdp_and_unicode_digits_do_not_kill_the_bridge(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An INVITE whose SDP says `a=ptime:inf` or writes numbers in Unicode digits used to
+    raise out of the answer path and take down the bridge's task group: every live call
+    dropped, every later INVITE got only 100 Trying."""
+    hostile = [
+        (invite(body=sdp_with(b"m=audio 40000 RTP/AVP 0\r\na=ptime:inf\r\n"), call_id="p1"),
+         {200}),  # a ptime that is no number: the default 20 ms
+        (invite(body=sdp_with(b"m=audio \xc2\xb2000 RTP/AVP 0\r\n"), call_id="p2"), {400}),
+        (invite(body=sdp_with(b"m=audio 40000 RTP/AVP \xc2\xb2\r\n"), call_id="p3"), {488}),
+        (invite(body=sdp_with(b"m=audio 40000 RTP/AVP 96\r\n"
+                              b"a=rtpmap:96 PCMU/8000\xc2\xb2\r\n"), call_id="p4"), {488}),
+    ]
+    async with running_bridge() as (bridge, stubs):
+        phone = SipPhone(target(bridge))
+        await phone.connect()
+        streaming = asyncio.create_task(phone.stream_silence(1.5))
+        answered = [await exchange(bridge, data, wait=0.3) for data, _ in hostile]
+        unicode_length = invite(body=SDP, call_id="p5").replace(
+            b"Content-Length: ", b"Content-Length: \xc2\xb2")
+        assert await exchange(bridge, unicode_length, wait=0.2) == []  # dropped, unparseable
+        await streaming
+        await phone.send_digit("5")  # the call in progress carries on
+        await phone.wait_for("dtmf.received", digit="5", timeout=5)
+        async with SipPhone(target(bridge), events=False):  # and a new call is answered
+            pass
+        await phone.close()
+        assert bridge.failure is None and bridge.endpoint.stats.failed == 0
+    for (_, status), responses in zip(hostile, answered, strict=True):
+        assert {r.status for r in responses if r.status >= 200} == status, responses
+    assert stubs.made[0].digits == ["5"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

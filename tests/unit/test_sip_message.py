@@ -91,6 +91,9 @@ def test_missing_content_length_means_rest_of_datagram() -> None:
     (b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 10\r\n\r\nshort", "Content-Length 10"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
     (b"OPTIONS sip:a@b SIP/2.0\r\nX: \xff\xfe\r\n\r\n", "not UTF-8"),
+    ("OPTIONS sip:a@b SIP/2.0\r\nContent-Length: ²\r\n\r\n".encode(), "bad Content-Length"),
+    ("OPTIONS sip:a@b SIP/2.0\r\nl: ٣\r\n\r\nabc".encode(), "bad Content-Length"),
+    ("SIP/2.0 ２００ OK\r\n\r\n".encode(), "bad status line"),
 ])
 def test_malformed_messages_raise_400_naming_the_problem(data: bytes, what: str) -> None:
     with pytest.raises(SipError) as caught:
@@ -114,6 +117,14 @@ def test_check_request_needs_the_mandatory_headers(drop: str, status: int) -> No
     with pytest.raises(SipError) as caught:
         check_request(broken)
     assert caught.value.status == status and drop in caught.value.message
+
+
+@pytest.mark.parametrize("header, value", [("CSeq", "² INVITE"), ("Max-Forwards", "７０")])
+def test_unicode_digits_are_not_numbers(header: str, value: str) -> None:
+    text = INVITE.decode().replace(f"{header}: ", f"{header}: {value}\r\nX-Old-{header}: ")
+    with pytest.raises(SipError) as caught:
+        check_request(parse_message(text.encode()))  # type: ignore[arg-type]
+    assert caught.value.status == 400
 
 
 def test_check_request_cseq_method_max_forwards_and_scheme() -> None:

@@ -116,3 +116,71 @@ def test_arbitrary_sdp_raises_only_sip_error(data: bytes) -> None:
         answer_offer(SessionDescription.parse(data), local())
     except SipError:
         pass
+
+
+# Numbers as a hostile peer writes them: Unicode digits that str.isdigit() accepts,
+# infinities, signs, huge values, fractions, and the ordinary ones.
+HOSTILE_NUMBERS = st.one_of(
+    st.integers(0, 200).map(str), st.integers(0, 10**30).map(str),
+    st.sampled_from(["inf", "-inf", "nan", "1e999", "²", "²0", "٣٠", "２０", "-20", "+20",
+                     "20.5", "0x14", "", " ", "20 30", "9" * 400]),
+    st.text(min_size=1, max_size=6))
+
+
+@st.composite
+def grammar_sdp(draw: st.DrawFn) -> bytes:
+    """An SDP offer from its grammar (RFC 4566), with hostile values in every number."""
+    n = draw(HOSTILE_NUMBERS)
+    lines = ["v=0", f"o=- {draw(HOSTILE_NUMBERS)} {n} IN IP4 192.0.2.1", "s=-",
+             f"c=IN {draw(st.sampled_from(['IP4', 'IP6', 'IPX']))} "
+             f"{draw(st.sampled_from(['192.0.2.1', '0.0.0.0', '::1', '²²²', '']))}",
+             f"t={draw(HOSTILE_NUMBERS)} 0"]
+    for _ in range(draw(st.integers(1, 3))):
+        formats = " ".join(draw(st.lists(HOSTILE_NUMBERS, min_size=1, max_size=4)))
+        lines.append(f"m={draw(st.sampled_from(['audio', 'video', 'Audio']))} "
+                     f"{draw(HOSTILE_NUMBERS)} {draw(st.sampled_from(['RTP/AVP', 'RTP/SAVP']))} "
+                     f"{formats}")
+        for _ in range(draw(st.integers(0, 4))):
+            lines.append(draw(st.sampled_from([
+                f"a=rtpmap:{draw(HOSTILE_NUMBERS)} "
+                f"{draw(st.sampled_from(['PCMU', 'PCMA', 'telephone-event']))}/"
+                f"{draw(HOSTILE_NUMBERS)}",
+                f"a=ptime:{draw(HOSTILE_NUMBERS)}", f"a=fmtp:{draw(HOSTILE_NUMBERS)} 0-15",
+                f"c=IN IP4 {draw(st.sampled_from(['198.51.100.7', '²', '']))}",
+                "a=sendonly", "a=inactive"])))
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@settings(database=None, deadline=None, max_examples=2000)
+@given(grammar_sdp())
+def test_sdp_from_its_grammar_with_hostile_numbers_raises_only_sip_error(body: bytes) -> None:
+    try:
+        plan, answer = answer_offer(SessionDescription.parse(body), local())
+    except SipError as exc:
+        assert exc.status in (400, 488)
+        return
+    assert 10 <= plan.ptime <= 60 and 0 < plan.remote_port <= 65535
+    SessionDescription.parse(answer.serialize())  # what we answer parses
+
+
+@pytest.mark.parametrize("media, ptime", [
+    ("m=audio 5004 RTP/AVP 0\r\na=ptime:inf\r\n", 20),
+    ("m=audio 5004 RTP/AVP 0\r\na=ptime:1e999\r\n", 20),
+    ("m=audio 5004 RTP/AVP 0\r\na=ptime:²0\r\n", 20),
+    ("m=audio 5004 RTP/AVP 0\r\na=ptime:30.5\r\n", 30),
+])
+def test_a_ptime_that_is_not_a_number_means_the_default(media: str, ptime: int) -> None:
+    plan, _ = answer_offer(SessionDescription.parse(offer(media)), local())
+    assert plan.ptime == ptime
+
+
+@pytest.mark.parametrize("media, status", [
+    ("m=audio ²000 RTP/AVP 0\r\n", 400),  # Unicode digits in the port
+    ("m=audio 5004 RTP/AVP ²\r\n", 488),  # ... in a format
+    ("m=audio 5004 RTP/AVP 96\r\na=rtpmap:96 PCMU/8000²\r\n", 488),  # ... in a rate
+    ("m=audio 5004 RTP/AVP 96\r\na=rtpmap:９６ PCMU/8000\r\n", 488),
+])
+def test_unicode_digits_are_not_numbers(media: str, status: int) -> None:
+    with pytest.raises(SipError) as caught:
+        answer_offer(SessionDescription.parse(offer(media)), local())
+    assert caught.value.status == status

@@ -8,7 +8,9 @@ INVITE 487; BYE ends a call from either side; OPTIONS gets 200 (trunk keep-alive
 re-INVITE changes hold state or codec; INFO carries DTMF (application/dtmf-relay);
 anything else gets 501. Requests from outside the allow-list are ignored unless they
 belong to a call we placed. Calls are tasks of the bridge's TaskGroup; a failing call
-is logged and hung up, never taking the bridge down.
+is logged and hung up (an INVITE we could not answer gets 500), never taking the bridge
+down. Should a task of the bridge itself ever end, `failure` says why: OPTIONS and new
+INVITEs get 503 and the service's /readyz fails, so a dispatcher routes elsewhere.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class SipBridge:
         self._tg: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
         self.registration: Registration | None = None
+        self.failure: str | None = None  # why the bridge stopped working, if it did
 
     @property
     def via(self) -> Address:
@@ -123,12 +126,17 @@ class SipBridge:
                  self.endpoint.local_address[1], self.settings.sip_allow)
 
     async def _run(self, ready: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            tg.create_task(self.endpoint.run(), name="sip-transactions")
-            if self.settings.sip_register:
-                self.registration = self._registration()
-                tg.create_task(self.registration.run(), name="sip-register")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self.endpoint.run(), name="sip-transactions")
+                if self.settings.sip_register:
+                    self.registration = self._registration()
+                    tg.create_task(self.registration.run(), name="sip-register")
+                ready.set()
+        except Exception as exc:
+            self.failure = f"SIP bridge task failed: {type(exc).__name__}"
+            log.exception("%s; answering 503 from now on", self.failure)
             ready.set()
 
     def _registration(self) -> Registration:
@@ -204,8 +212,8 @@ class SipBridge:
         return call if call.dialog.local_tag in tags and call.dialog.remote_tag in tags else None
 
     def _on_options(self, transaction: ServerTransaction, call: SipCall | None) -> None:
-        if self.draining and call is None:  # a balancer's probe: send calls elsewhere
-            self.endpoint.reply(transaction, 503, headers=DRAINING_HEADERS)
+        if call is None and (self.draining or self.failure):  # a balancer's probe
+            self.endpoint.reply(transaction, 503, headers=self._unavailable_headers())
             return
         self.endpoint.reply(transaction, 200, headers=(
             ("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", ""),
@@ -275,8 +283,8 @@ class SipBridge:
                 self.endpoint.reply(transaction, 401, headers=(
                     ("WWW-Authenticate", self._verifier.challenge(now, verdict == "stale")),))
                 raise _Handled
-        if self.draining:
-            self.endpoint.reply(transaction, 503, headers=DRAINING_HEADERS)
+        if self.draining or self.failure:
+            self.endpoint.reply(transaction, 503, headers=self._unavailable_headers())
             raise _Handled
         if request.call_id in self.calls or request.call_id in self._ringing:
             raise SipError(482, "this Call-ID is already in use", code="sip_loop")
@@ -286,6 +294,12 @@ class SipBridge:
         if request.body and request.content_type != "application/sdp":
             self.endpoint.reply(transaction, 415, headers=(("Accept", "application/sdp"),))
             raise _Handled
+
+    def _unavailable_headers(self) -> tuple[tuple[str, str], ...]:
+        if self.draining or self.failure is None:
+            return DRAINING_HEADERS
+        return (("Retry-After", str(DRAINING_RETRY_AFTER_S)),
+                ("Warning", '399 - "this worker\'s SIP bridge failed"'))
 
     async def _answer(self, ringing: _Ringing) -> None:
         transaction = ringing.transaction
@@ -314,6 +328,11 @@ class SipBridge:
         except ProtocolError as exc:  # an unknown pipeline
             self.endpoint.reply(transaction, 400,
                                 headers=(("Warning", f'399 - "{exc.message[:100]}"'),))
+            return
+        except Exception:  # a bug of ours answering this INVITE: this call only
+            log.exception("call %r could not be answered", request.call_id[:64])
+            self.endpoint.reply(transaction, 500,
+                                headers=(("Warning", '399 - "internal error"'),))
             return
         finally:
             self._ringing.pop(request.call_id, None)
@@ -359,7 +378,7 @@ class SipBridge:
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
-        self._tg.create_task(coroutine, name=name)
+        self._tg.create_task(_contained(coroutine, name), name=name)
 
     # --- calls we place ------------------------------------------------------------
 
@@ -411,6 +430,15 @@ class _Handled(SipError):
 
     def __init__(self) -> None:
         super().__init__(0, "answered")
+
+
+async def _contained(coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    """Run one call's task; an exception it lets through is logged, never raised into
+    the bridge's task group (which would cancel every other call)."""
+    try:
+        await coroutine
+    except Exception:
+        log.exception("SIP task %s failed", name)
 
 
 def _info_digit(body: bytes) -> str | None:

@@ -52,6 +52,7 @@ class EndpointStats:
     oversized: int = 0
     malformed: int = 0
     rejected: int = 0  # answered 4xx before reaching the handler
+    failed: int = 0  # raised something other than a SIP error (a bug): dropped
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
@@ -128,18 +129,20 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return  # keep-alive (RFC 5626 CRLF ping)
         try:
             message = parse_message(data)
-        except SipError as exc:
-            self.stats.malformed += 1
-            log.debug("dropped a malformed datagram from %s: %s", source, exc)
-            return
-        try:
             if isinstance(message, SipRequest):
                 self._receive_request(message, source)
             else:
                 self._receive_response(message)
-        except SipError as exc:  # a header only parsed on use
+        except SipError as exc:  # also a header only parsed on use
             self.stats.malformed += 1
-            log.debug("dropped a message from %s: %s", source, exc)
+            log.debug("dropped a malformed message from %s: %s", source, exc)
+        except Exception:  # a bug of ours: this datagram only, never the socket
+            self.stats.failed += 1
+            if self.stats.failed == 1:
+                log.exception("a datagram from %s could not be handled", source)
+            else:
+                log.warning("a datagram from %s could not be handled (%d so far)", source,
+                            self.stats.failed)
         self._flush()
 
     def _receive_request(self, request: SipRequest, source: Address) -> None:

@@ -18,6 +18,16 @@ _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(?::([0-9]{1,5}))
 Params = tuple[tuple[str, str | None], ...]
 
 
+def ascii_int(text: str, max_digits: int) -> int | None:
+    """`text` as a number if it is 1 to `max_digits` ASCII digits, else None.
+
+    `str.isdigit()` is not enough on the wire: it accepts "²" and "٣", which `int()`
+    refuses or reads, and any length."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def bad(header: str, text: str) -> SipError:
     return SipError(400, f"malformed {header} header: {text[:80]!r}", code="sip_malformed")
 
@@ -187,12 +197,12 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        number, _, method = text.strip().partition(" ")
+        raw, _, method = text.strip().partition(" ")
         method = method.strip()
-        if not number.isdigit() or len(number) > 10 or int(number) >= 2**31 \
-                or not _TOKEN.fullmatch(method):
+        number = ascii_int(raw, 10)
+        if number is None or number >= 2**31 or not _TOKEN.fullmatch(method):
             raise bad("CSeq", text)
-        return cls(int(number), method)
+        return cls(number, method)
 
     def serialize(self) -> str:
         return f"{self.number} {self.method}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from transports.sip.headers import CSeq, NameAddr, SipUri, Via, split_list
+from transports.sip.headers import CSeq, NameAddr, SipUri, Via, ascii_int, split_list
 from voice.errors import SipError
 
 SIP_VERSION = "SIP/2.0"
@@ -216,9 +216,9 @@ def _frame_body(headers: Headers, rest: bytes) -> bytes:
     raw = headers.get("Content-Length")
     if raw is None:
         return rest
-    if not raw.isdigit() or len(raw) > 9:
+    length = ascii_int(raw, 9)
+    if length is None:
         raise malformed(f"bad Content-Length: {raw[:20]!r}")
-    length = int(raw)
     if length > len(rest):
         raise malformed(f"Content-Length {length} but only {len(rest)} body bytes")
     return rest[:length]
@@ -237,10 +237,10 @@ def _parse_request_line(line: str, headers: Headers, body: bytes) -> SipRequest:
 def _parse_status_line(line: str, headers: Headers, body: bytes) -> SipResponse:
     version, _, rest = line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if version.upper() != SIP_VERSION or len(code) != 3 or not code.isdigit() \
-            or not 100 <= int(code) <= 699:
+    status = ascii_int(code, 3)
+    if version.upper() != SIP_VERSION or status is None or not 100 <= status <= 699:
         raise malformed(f"bad status line: {line[:80]!r}")
-    return SipResponse(headers=headers, body=body, status=int(code), reason=reason.strip())
+    return SipResponse(headers=headers, body=body, status=status, reason=reason.strip())
 
 
 def check_request(request: SipRequest) -> None:
@@ -252,7 +252,7 @@ def check_request(request: SipRequest) -> None:
     if request.cseq.method != request.method:
         raise malformed(f"CSeq method {request.cseq.method!r} does not match {request.method!r}")
     forwards = request.headers.get("Max-Forwards")
-    if forwards is not None and (not forwards.isdigit() or len(forwards) > 3):
+    if forwards is not None and ascii_int(forwards, 3) is None:
         raise malformed(f"bad Max-Forwards: {forwards[:20]!r}")
     if forwards == "0" and request.method not in ("ACK", "CANCEL"):
         raise SipError(483, "Max-Forwards reached 0", code="sip_too_many_hops")

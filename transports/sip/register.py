@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from transports.sip.dialog import new_branch, new_call_id, new_tag
 from transports.sip.endpoint import SipEndpoint
-from transports.sip.headers import NameAddr, SipUri, get_param, iter_name_addrs
+from transports.sip.headers import NameAddr, SipUri, ascii_int, get_param, iter_name_addrs
 from transports.sip.message import Headers, SipRequest, SipResponse
 from transports.sip.transaction import new_via
 from transports.sip.uac import Credentials, resolve, with_credentials
@@ -29,10 +29,11 @@ def granted_expires(response: SipResponse, contact_uri: SipUri, asked: int) -> i
     for contact in iter_name_addrs(response.headers.get_all("Contact"), "Contact"):
         if contact.uri.host == contact_uri.host and contact.uri.port == contact_uri.port:
             value = get_param(contact.params, "expires")
-            if value and value.isdigit():
-                return int(value)
-    header = response.headers.get("Expires")
-    return int(header) if header and header.isdigit() else asked
+            granted = ascii_int(value or "", 10)
+            if granted is not None:
+                return granted
+    header = ascii_int(response.headers.get("Expires") or "", 10)
+    return asked if header is None else header
 
 
 @dataclass

@@ -10,9 +10,11 @@ media lines are declined with port 0. No usable audio raises `SipError(488)`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from transports.sip import g711
+from transports.sip.headers import ascii_int
 from voice.errors import SipError
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -20,6 +22,7 @@ _REVERSE = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonl
             "inactive": "inactive"}
 DEFAULT_PTIME = 20
 DTMF_PAYLOAD_TYPE = 101  # what we offer; in answers we use the offerer's
+_PTIME = re.compile(r"([0-9]{1,6})(?:\.[0-9]*)?")  # milliseconds, fractions ignored
 Attribute = tuple[str, str | None]
 
 
@@ -52,8 +55,9 @@ class MediaDescription:
             pt, _, encoding = value.partition(" ")
             name, _, rest = encoding.partition("/")
             rate = rest.partition("/")[0]
-            if pt.isdigit() and rate.isdigit():
-                out[int(pt)] = (name.strip().upper(), int(rate))
+            number, clock_rate = ascii_int(pt, 3), ascii_int(rate, 6)
+            if number is not None and clock_rate is not None:
+                out[number] = (name.strip().upper(), clock_rate)
         return out
 
     def direction(self) -> str | None:
@@ -122,19 +126,16 @@ class SessionDescription:
     def ptime_of(self, media: MediaDescription) -> int:
         raw = media.attribute("ptime") or next(
             (v for k, v in self.attributes if k == "ptime" and v), None)
-        try:
-            value = int(float(raw)) if raw else DEFAULT_PTIME
-        except ValueError:
+        match = _PTIME.fullmatch(raw or "")
+        if match is None:  # absent, or not a number we understand ("inf", "²0", "-5")
             return DEFAULT_PTIME
-        return min(60, max(10, value // 10 * 10))
+        return min(60, max(10, int(match.group(1)) // 10 * 10))
 
 
 def _parse_media_line(value: str) -> MediaDescription:
     parts = value.split()
-    if len(parts) < 4 or not parts[1].split("/")[0].isdigit():
-        raise _bad("m=" + value)
-    port = int(parts[1].split("/")[0])
-    if port > 65535:
+    port = ascii_int(parts[1].split("/")[0], 5) if len(parts) >= 4 else None
+    if port is None or port > 65535:
         raise _bad("m=" + value)
     return MediaDescription(media=parts[0], port=port, proto=parts[2], formats=tuple(parts[3:]))
 
@@ -202,9 +203,9 @@ class LocalMedia:
 def _choose_codec(media: MediaDescription) -> tuple[int, int] | None:
     rtpmap = media.rtpmap()
     for fmt in media.formats:
-        if not fmt.isdigit():
+        pt = ascii_int(fmt, 3)
+        if pt is None:
             continue
-        pt = int(fmt)
         name, rate = rtpmap.get(pt, (g711.ENCODING_NAMES.get(pt, ""), 8000))
         if rate == 8000 and name in ("PCMU", "PCMA"):
             return (g711.PCMU if name == "PCMU" else g711.PCMA), pt
