@@ -198,6 +198,16 @@ async def test_bad_client_events_get_error_events_not_a_closed_connection(
         assert error.param == "session.audio.input.format"
         await connection.send_raw("{not json")  # as a broken client would
         assert (await until(connection, "error"))[-1].error.code == "invalid_json"
+        for raw, param in [  # each once closed the connection with 1011
+                ('{"type": "session.update", "session": {"audio": {"input": {"turn_detection":'
+                 ' {"type": "server_vad", "silence_duration_ms": 1e999}}}}}',
+                 "session.audio.input.turn_detection.silence_duration_ms"),
+                ('{"type": "conversation.item.create", "item": {"type": "message", "role": '
+                 '"user", "content": [{"type": ["input_text"], "text": "hi"}]}}',
+                 "item.content.type")]:
+            await connection.send_raw(raw)
+            error = (await until(connection, "error"))[-1].error
+            assert (error.code, error.param) == ("invalid_value", param), error
         await connection.session.update(session={"type": "realtime", "instructions": "Hi"})
         assert (await until(connection, "session.updated"))[-1].session.instructions == "Hi"
 

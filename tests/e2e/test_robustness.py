@@ -45,6 +45,10 @@ async def abuse(url: str) -> dict[str, tuple[int | None, str]]:
         await expect_error(client, "invalid_message")
         await client.send_json({"type": "no.such.thing"})
         await expect_error(client, "unknown_type")
+        await client.send_json({"type": "dtmf", "digit": [1]})  # once a 1011 close
+        await expect_error(client, "invalid_message")
+        await client.send_raw('{"type": "dtmf", "digit": NaN}')
+        await expect_error(client, "invalid_message")
         await still_alive(client)
         await client.send_raw(b"\x00" * (int(SERVICE_ENV["VOICE_MAX_MESSAGE_BYTES"]) + 2))
         await expect_error(client, "message_too_large")

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from clients.audiofile import load_audio, voiced_bounds
+from tests.strategies import hostile_events
 from transports.realtime_api import client_events as ce
 from transports.realtime_api.conversation import Conversation, Item, item_from_client
 from transports.realtime_api.generation import Completed, Failed, Heard, Said, Voiced
@@ -342,3 +343,56 @@ def test_any_client_event_is_either_understood_or_refused_with_an_error_event(
             Conversation().add(item_from_client(parsed.item))
     except ce.RealtimeApiError:
         pass
+
+
+REALTIME_KEYS = ("session", "item", "response", "audio", "item_id", "event_id", "content_index",
+                 "audio_end_ms", "previous_item_id", "response_id", "type", "instructions",
+                 "output_modalities", "input", "output", "turn_detection", "format", "rate",
+                 "silence_duration_ms", "prefix_padding_ms", "threshold", "eagerness",
+                 "create_response", "interrupt_response", "transcription", "voice", "speed",
+                 "max_output_tokens", "tools", "content", "role", "text", "id", "metadata",
+                 "conversation", "noise_reduction", "model")
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(text=hostile_events(ce.CLIENT_EVENT_TYPES, REALTIME_KEYS))
+@example(text='{"type": "session.update", "session": {"audio": {"input": {"turn_detection": '
+              '{"type": "server_vad", "silence_duration_ms": 1e999}}}}}')
+@example(text='{"type": "conversation.item.create", "item": {"type": "message", '
+              '"role": "user", "content": [{"type": ["input_text"]}]}}')
+def test_hostile_client_events_are_understood_or_refused_with_an_error_event(
+        text: str) -> None:
+    """inf, NaN, 1e999, Unicode digits and lists where strings go, at every depth."""
+    try:
+        parsed = ce.parse_client_event(text)
+        if isinstance(parsed, ce.SessionUpdate):
+            updated = apply_update(config(), parsed.session)
+            session_updated(updated)
+            if updated.turn_detection is not None:
+                InputAudio(Settings()).configure(updated.turn_detection)
+        elif isinstance(parsed, ce.ItemCreate):
+            item = item_from_client(parsed.item)
+            Conversation().add(item, parsed.previous_item_id)
+            json.dumps(item.to_wire(), allow_nan=False)
+    except ce.RealtimeApiError as exc:
+        assert exc.code and exc.message
+
+
+@pytest.mark.parametrize("session", [
+    {"audio": {"input": {"turn_detection": {"type": "server_vad",
+                                            "silence_duration_ms": 1e999}}}},
+    {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": float("nan")}}}},
+    {"audio": {"input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": "²"}}}},
+    {"audio": {"output": {"voice": ["marin"]}}},
+])
+def test_numbers_and_names_that_are_not_are_refused_by_name(session: dict[str, Any]) -> None:
+    with pytest.raises(ce.RealtimeApiError) as caught:
+        apply_update(config(), session)
+    assert caught.value.code == "invalid_value" and caught.value.param
+
+
+def test_an_item_whose_content_type_is_a_list_is_refused() -> None:
+    with pytest.raises(ce.RealtimeApiError) as caught:
+        item_from_client({"type": "message", "role": "user",
+                          "content": [{"type": ["input_text"], "text": "hi"}]})
+    assert caught.value.param == "item.content.type"

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import hostile_events
 from transports.websocket.protocol import (
+    CLIENT_MESSAGE_TYPES,
     DEFAULT_SAMPLE_RATE,
     AudioMessage,
     ControlMessage,
@@ -213,6 +215,22 @@ def test_arbitrary_text_gives_control_message_or_protocol_error(text: str) -> No
         assert isinstance(message, ControlMessage)
         assert message.type in {"ping", "response.cancel", "session.end"}
         assert message.data == json.loads(text)
+
+
+@settings(database=None, deadline=None, max_examples=2000)
+@given(text=hostile_events(sorted(CLIENT_MESSAGE_TYPES), ["digit", "data", "type"]))
+@example(text='{"type": "dtmf", "digit": [1]}')
+@example(text='{"type": "dtmf", "digit": {"a": 1}}')
+def test_hostile_control_messages_give_a_message_or_protocol_error(text: str) -> None:
+    try:
+        message = parse_client_message(text, MAX)
+    except ProtocolError as exc:
+        assert exc.code in {"invalid_json", "invalid_message", "unknown_type",
+                            "message_too_large"}
+    else:
+        assert message.type in CLIENT_MESSAGE_TYPES  # type: ignore[union-attr]
+        if message.type == "dtmf":  # type: ignore[union-attr]
+            assert message.data["digit"] in "0123456789*#ABCD"  # type: ignore[union-attr]
 
 
 # --- server events ---------------------------------------------------------------------

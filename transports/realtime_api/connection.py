@@ -123,6 +123,11 @@ class RealtimeApiConnection:
             except RealtimeApiError as exc:
                 log.info("realtime api %s: refused a client event: %s", self.id, exc.message)
                 self._send(error_event(exc))
+            except Exception:  # an event our checks did not foresee: a bug, never a close
+                log.exception("realtime api %s: a client event could not be handled", self.id)
+                self._send(error_event(RealtimeApiError(
+                    "The event could not be handled.", code="internal_error",
+                    error_type="server_error")))
 
     async def _dispatch(self, ev: ClientEvent) -> None:
         try:

@@ -130,7 +130,7 @@ def item_from_client(data: dict[str, Any]) -> Item:
 
 def _part_text(part: Any, allowed: dict[str, str]) -> str:
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind not in allowed:
+    if not isinstance(kind, str) or kind not in allowed:
         raise RealtimeApiError(f"Invalid content type '{str(kind)[:40]}' for this role; "
                                f"use {', '.join(allowed)}.", code="invalid_value",
                                param="item.content.type")

@@ -170,23 +170,40 @@ def _turn_detection(value: Any, config: SessionConfig) -> TurnDetection | None:
                     "'server_vad', 'semantic_vad' or null.", f"{param}.type")
     default_silence = (config.turn_detection.silence_duration_ms
                        if config.turn_detection else 500)
-    try:
-        detection = TurnDetection(
-            type=value["type"],
-            silence_duration_ms=int(value.get("silence_duration_ms") or default_silence),
-            prefix_padding_ms=int(value.get("prefix_padding_ms") or 300),
-            threshold=float(value.get("threshold") or 0.5),
-            create_response=bool(value.get("create_response", True)),
-            interrupt_response=bool(value.get("interrupt_response", True)),
-            eagerness=str(value.get("eagerness") or "auto"))
-    except (TypeError, ValueError) as exc:
-        raise _fail(f"Invalid value in 'session.{param}': {exc}", param) from exc
-    if detection.type == "semantic_vad" and detection.eagerness not in EAGERNESS:
+    eagerness = value.get("eagerness") or "auto"
+    if value["type"] == "semantic_vad" and eagerness not in EAGERNESS:
         raise _fail("Invalid value for eagerness: low, medium, high or auto.",
                     f"{param}.eagerness")
-    if not 20 <= detection.silence_duration_ms <= 10000:
-        raise _fail("silence_duration_ms must be 20-10000.", f"{param}.silence_duration_ms")
-    return detection
+    return TurnDetection(
+        type=value["type"],
+        silence_duration_ms=int(_number(value, "silence_duration_ms", default_silence,
+                                        20, 10000)),
+        prefix_padding_ms=int(_number(value, "prefix_padding_ms", 300, 0, 10000)),
+        threshold=_number(value, "threshold", 0.5, 0.0, 1.0),
+        create_response=_flag(value, "create_response"),
+        interrupt_response=_flag(value, "interrupt_response"),
+        eagerness=eagerness if value["type"] == "semantic_vad" else "auto")
+
+
+def _number(value: dict[str, Any], name: str, default: float, low: float,
+            high: float) -> float:
+    """A number of the turn_detection object, within [low, high]; null means default.
+    Infinities, NaN (which JSON parsers accept) and strings are refused by name."""
+    raw = value.get(name)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not low <= raw <= high:
+        raise _fail(f"Invalid value for 'session.audio.input.turn_detection.{name}': "
+                    f"a number from {low:g} to {high:g}.", f"audio.input.turn_detection.{name}")
+    return float(raw)
+
+
+def _flag(value: dict[str, Any], name: str) -> bool:
+    raw = value.get(name, True)
+    if not isinstance(raw, bool):
+        raise _fail(f"Invalid type for 'session.audio.input.turn_detection.{name}': "
+                    "expected a boolean.", f"audio.input.turn_detection.{name}", "invalid_type")
+    return raw
 
 
 def _audio_output(data: Any) -> dict[str, Any]:
@@ -199,7 +216,11 @@ def _audio_output(data: Any) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if "voice" in data:
         voice = data["voice"]
-        changes["voice"] = voice.get("id", "custom") if isinstance(voice, dict) else str(voice)
+        voice = voice.get("id", "custom") if isinstance(voice, dict) else voice
+        if not isinstance(voice, str) or not 0 < len(voice) <= 64:
+            raise _fail("Invalid value for 'session.audio.output.voice': a voice name.",
+                        "audio.output.voice")
+        changes["voice"] = voice
     if "speed" in data:
         speed = data["speed"]
         if not isinstance(speed, int | float) or not 0.25 <= speed <= 1.5:

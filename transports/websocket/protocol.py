@@ -89,7 +89,8 @@ def _parse_control(text: str) -> ControlMessage:
         known = ", ".join(sorted(CLIENT_MESSAGE_TYPES))
         raise ProtocolError(f"unknown message type {data['type'][:40]!r}; known: {known}",
                             code="unknown_type")
-    if data["type"] == "dtmf" and data.get("digit") not in DTMF_DIGITS:
+    digit = data.get("digit")
+    if data["type"] == "dtmf" and not (isinstance(digit, str) and digit in DTMF_DIGITS):
         raise ProtocolError("dtmf needs 'digit': one of 0-9, *, #, A-D", code="invalid_message")
     return ControlMessage(type=data["type"], data=data)
 
