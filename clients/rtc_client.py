@@ -5,7 +5,7 @@ an Opus track paced by its own 20 ms media clock, receives the assistant's voice
 an Opus track and the events on the `events` data channel. Like `VoiceClient` it
 records, on the client's monotonic clock, when each piece of caller audio left (the
 moment its frame was handed to the encoder) and when each reply frame arrived
-(decoded, with no jitter buffer delay: `transports.webrtc.jitter`), so `voice bench`
+(decoded, with no jitter buffer delay: `transports.webrtc.receive_buffer`), so `voice bench`
 measures WebRTC and WebSocket the same way: a listener playing audio on arrival.
 
 When the service is on a loopback address, 127.0.0.1 is offered as an ICE candidate
@@ -32,16 +32,16 @@ from clients.recording import RecordingClient
 from transports.webrtc.ice import allow_loopback
 from transports.webrtc.media import FRAME_BYTES, RTC_RATE, downmix
 from transports.webrtc.peer import Peer
-from transports.webrtc.signalling import (
+from transports.webrtc.tracks import frame_samples, next_audio
+from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
+from voice.clock import MONOTONIC
+from wire.rtc_signalling import (
     Answer,
     Config,
     SignalError,
     encode_offer,
     parse_server_signal,
 )
-from transports.webrtc.tracks import frame_samples, next_audio
-from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
-from voice.clock import MONOTONIC
 
 AHEAD_FRAMES = 2  # caller audio queued ahead of the media clock while streaming
 SILENT_PEAK = 2  # a received frame no louder than this is the service's idle silence

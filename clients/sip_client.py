@@ -9,7 +9,7 @@ port is then read from `GET /healthz`). Audio is 8 kHz on the wire; another
 `sample_rate` is resampled on both sides.
 
 What the phone would hear of the RTP it receives is judged by a fixed playout buffer
-(`transports.sip.phone_buffer`, `rtp_stats`) on the kernel's arrival times, so that
+(`clients.phone_buffer`, `rtp_stats`) on the kernel's arrival times, so that
 a busy client process does not count its own delays against the service.
 """
 
@@ -29,25 +29,25 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from clients.phone_buffer import DEFAULT_DEPTH_MS, PhoneBuffer, PhoneBufferStats
 from clients.recording import AUDIBLE_DBFS, RecordingClient
-from transports.sip import g711
-from transports.sip.dtmf import event_payloads
 from transports.sip.endpoint import SipEndpoint
-from transports.sip.headers import SipUri
-from transports.sip.phone_buffer import DEFAULT_DEPTH_MS, PhoneBuffer, PhoneBufferStats
-from transports.sip.rtp import RtpPacket
-from transports.sip.sdp import (
+from transports.sip.uac import ALLOW, PlacedCall, place_call
+from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, rms_dbfs
+from voice.errors import ProtocolError
+from wire.rtp import g711
+from wire.rtp.dtmf import event_payloads
+from wire.rtp.packet import RtpPacket
+from wire.rtp.plan import MediaPlan
+from wire.rtp.stream import OutboundStream
+from wire.sip.headers import SipUri
+from wire.sip.sdp import (
     LocalMedia,
-    MediaPlan,
     SessionDescription,
     make_offer,
     plan_from_answer,
 )
-from transports.sip.stream import OutboundStream
-from transports.sip.transaction import Address, ServerTransaction
-from transports.sip.uac import ALLOW, PlacedCall, place_call
-from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes, rms_dbfs
-from voice.errors import ProtocolError
+from wire.sip.transaction import Address, ServerTransaction
 
 WIRE_RATE = 8000
 CODECS = {"PCMU": g711.PCMU, "PCMA": g711.PCMA}

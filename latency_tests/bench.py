@@ -231,7 +231,7 @@ def _spawned_service(llm_url: str, extra: list[str]) -> Iterator[str]:
     env = {**os.environ, "OPENAI_BASE_URL": llm_url, "OPENAI_API_KEY": "bench",
            "VOICE_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port),
          *(arg.replace("{port}", str(port)) for arg in extra)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -136,7 +136,7 @@ class Worker:
 
     def start(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "voice.cli", "serve", "--host", "127.0.0.1",
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
              "--port", str(self.http_port)],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
             env={**os.environ, **env, **self.env()})

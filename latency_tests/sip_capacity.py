@@ -8,7 +8,7 @@ of two calls warms the service up first and is not counted.
 
 A gap is what a caller's phone would hear: each phone judges the RTP it receives, on
 the kernel's arrival times, with a fixed playout buffer of `--buffer-ms` (60 ms, a
-typical phone jitter buffer; `transports.sip.phone_buffer`). A packet later than the
+typical phone jitter buffer; `clients.phone_buffer`). A packet later than the
 buffer allows (an underrun), a lost packet, or time the sender skipped is one gap
 ("speech": those next to reply speech, the ones a caller notices). A count is held
 when every call is answered, every caller hears a reply, and no call has a gap, in
@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from clients.audiofile import load_audio, voiced_bounds
+from clients.phone_buffer import DEFAULT_DEPTH_MS
 from clients.sip_client import SipPhone
 from latency_tests.llm_server import LLMServer
-from transports.sip.phone_buffer import DEFAULT_DEPTH_MS
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data"
 # not "stop": tiny.en often hears only its second half on phone audio and drops it as
@@ -162,7 +162,7 @@ async def main(counts: list[int], runs: int, buffer_ms: float, serve_args: list[
                "VOICE_LOG_LEVEL": "INFO"}
         niced = ["nice", "-n", str(nice)] if nice else []
         process = await asyncio.create_subprocess_exec(
-            *niced, sys.executable, "-m", "voice.cli", "serve", "--port", str(port), "--sip-port",
+            *niced, sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--sip-port",
             str(sip), "--sip-max-calls", "200", *serve_args, env=env, stdout=log.open("wb"),
             stderr=subprocess.STDOUT)
         try:

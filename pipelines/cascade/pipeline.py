@@ -1,7 +1,7 @@
 """The cascade pipeline of one session: turn-taking, speculative replies, barge-in.
 
 Audio arrives at the session rate, is resampled to 16 kHz and cut into VAD frames for
-the turn detector, whose end-of-turn policy (`voice.endpointing`) waits longer when
+the turn detector, whose end-of-turn policy (`voice.turntaking.endpointing`) waits longer when
 the speculative transcript reads as unfinished.
 
 - On the first silent frame after speech a reply starts *speculatively* (STT, LLM,
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.cascade.models import CascadeModels
-from pipelines.cascade.reply import Reply, ReplyContext, SessionIO
+from pipelines.providers.models import CascadeModels
+from pipelines.reply import Reply, ReplyContext, SessionIO
 from voice.audio import (
     PIPELINE_RATE,
     Int16Array,
@@ -34,9 +34,7 @@ from voice.audio import (
     array_to_pcm16_bytes,
     resample,
 )
-from voice.backchannel import is_backchannel
 from voice.clock import Clock
-from voice.endpointing import CallerPauses, build_policy
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
@@ -47,10 +45,10 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
-from voice.prosody import final_pitch_ratio
 from voice.settings import Settings
 from voice.tasks import cancel_and_wait
-from voice.turns import (
+from voice.turntaking.backchannel import is_backchannel
+from voice.turntaking.detector import (
     OnsetAbandoned,
     SpeechOnset,
     SpeechPaused,
@@ -60,7 +58,9 @@ from voice.turns import (
     TurnEvent,
     TurnStarted,
 )
-from voice.vad import FrameClassifier
+from voice.turntaking.endpointing import CallerPauses, build_policy
+from voice.turntaking.prosody import final_pitch_ratio
+from voice.turntaking.vad import FrameClassifier
 
 log = logging.getLogger(__name__)
 

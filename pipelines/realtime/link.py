@@ -18,12 +18,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from pipelines.realtime import client_events as ce
-from pipelines.realtime import protocol as rt
 from pipelines.realtime.provider import ProviderConnection, RealtimeProvider
-from pipelines.realtime.reply import InputClock, Watchdog
+from pipelines.realtime.provider_reply import InputClock, Watchdog
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from voice.resilience import CircuitBreaker
+from wire.openai_realtime import client_events as ce
+from wire.openai_realtime import server_events as rt
 
 log = logging.getLogger(__name__)
 

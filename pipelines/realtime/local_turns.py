@@ -1,5 +1,5 @@
 """The service's own turn-taking for the realtime pipeline (`--realtime-turn-detection
-local`): our VAD, turn detector and end-of-turn policy (`voice.endpointing`, the
+local`): our VAD, turn detector and end-of-turn policy (`voice.turntaking.endpointing`, the
 cascade's: transcript cues, final pitch, the caller's own pauses) decide when the
 caller's turn ends; the pipeline then commits the provider's input buffer and asks
 for a response itself.
@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cascade.stt import SpeechToText, hallucination_reason
+from pipelines.providers.stt import SpeechToText, hallucination_reason
 from pipelines.realtime.options import RealtimeOptions
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
-from voice.endpointing import CallerPauses, build_policy
 from voice.errors import ProviderError
-from voice.prosody import final_pitch_ratio
-from voice.turns import SpeechPaused, TurnDetector, TurnEnded, TurnEvent, frames_of
-from voice.vad import FrameClassifier
+from voice.turntaking.detector import SpeechPaused, TurnDetector, TurnEnded, TurnEvent, frames_of
+from voice.turntaking.endpointing import CallerPauses, build_policy
+from voice.turntaking.prosody import final_pitch_ratio
+from voice.turntaking.vad import FrameClassifier
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class TurnReader:
 class SpeechEnds:
     """Our own view of where the caller's speech ends, while the provider decides the
     turns: the arrival time of each speech-like frame (webrtcvad and the energy gate of
-    `voice.vad`, the cascade's definition of the true end of speech), kept for a while,
+    `voice.turntaking.vad`, the cascade's definition of the true end of speech), kept for a while,
     so the latency timeline measures every provider from the same point."""
 
     def __init__(self, aggressiveness: int, frame_ms: int, session_rate: int,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipelines.realtime import protocol as rt
 from voice.events import Event
 from voice.playout import Playout
 from voice.settings import Settings
+from wire.openai_realtime import server_events as rt
 
 
 class SessionIO(Protocol):
@@ -36,7 +36,7 @@ class RealtimeOptions:
     dtmf_hangup_digit: str = "0"
     dtmf_hangup_message: str = "Goodbye."
     reconnect_backoff_s: float = 0.5
-    # our own turn-taking (turn_detection "local"), as in the cascade: voice.endpointing
+    # our own turn-taking (turn_detection "local"), as in the cascade: voice.turntaking.endpointing
     turn_preset: str = "default"
     min_wait_ms: int = 0
     max_wait_ms: int = 0

@@ -35,10 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cascade.stt import SpeechToText
-from pipelines.cascade.tts import TextToSpeech
-from pipelines.realtime import client_events as ce
-from pipelines.realtime import protocol as rt
+from pipelines.providers.stt import SpeechToText
+from pipelines.providers.tts import TextToSpeech
 from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.fallback import Fallback, FallbackIO, UnheardAudio
 from pipelines.realtime.link import ProviderLink
@@ -46,9 +44,8 @@ from pipelines.realtime.local_turns import LocalTurns, SpeechEnds, TurnReader
 from pipelines.realtime.options import RealtimeOptions, SessionIO
 from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider
-from pipelines.realtime.reply import ProviderReply
+from pipelines.realtime.provider_reply import ProviderReply
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
-from voice.backchannel import is_backchannel
 from voice.clock import Clock
 from voice.errors import ProviderError, ProviderRateLimited, VoiceError
 from voice.events import (
@@ -61,7 +58,8 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.resilience import CircuitBreaker
-from voice.turns import (
+from voice.turntaking.backchannel import is_backchannel
+from voice.turntaking.detector import (
     OnsetAbandoned,
     SpeechOnset,
     SpeechPaused,
@@ -70,6 +68,8 @@ from voice.turns import (
     TurnEvent,
     TurnStarted,
 )
+from wire.openai_realtime import client_events as ce
+from wire.openai_realtime import server_events as rt
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pipelines.cascade.reply import APOLOGY
-from pipelines.cascade.tts import TextToSpeech
+from pipelines.providers.tts import TextToSpeech
 from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.options import SessionIO
-from pipelines.realtime.reply import ProviderReply
+from pipelines.realtime.provider_reply import ProviderReply
+from pipelines.reply import APOLOGY
 from voice.audio import array_to_pcm16_bytes, resample
 from voice.errors import ProviderError
 from voice.events import ResponseDone, TurnLatency

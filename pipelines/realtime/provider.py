@@ -22,9 +22,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from pipelines.realtime.client_events import encode, provider_url
-from pipelines.realtime.protocol import ServerEvent, parse_server_event
 from voice.errors import ProtocolError, ProviderError, ProviderRateLimited, ProviderTimeout
+from wire.openai_realtime.client_events import encode, provider_url
+from wire.openai_realtime.server_events import ServerEvent, parse_server_event
 
 log = logging.getLogger(__name__)
 # websockets logs every handshake header at DEBUG, the Authorization header among them:

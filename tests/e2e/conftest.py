@@ -24,7 +24,7 @@ import pytest_asyncio
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import Behaviour, LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from voice.audio import Int16Array, resample
 
 SERVICE_ENV = {
@@ -62,7 +62,7 @@ def start_service(tmp: Path, env: dict[str, str], name: str = "service") -> Runn
     log_path = tmp / f"{name}.log"
     full_env = {**os.environ, **SERVICE_ENV, **env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "voice.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

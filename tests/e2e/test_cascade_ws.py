@@ -12,7 +12,7 @@ import soundfile
 
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import RunningService, converse, noise, speak, transcribe_back
 
@@ -157,7 +157,7 @@ async def test_voice_call_cli_prints_the_conversation_and_saves_the_reply(
     fresh_llm.behaviour.reply = "The next train leaves at nine."
     out = tmp_path / "reply.wav"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voice.cli", "call", "--url", service.url,
+        sys.executable, "-m", "service.cli", "call", "--url", service.url,
         "--sample-rate", "24000", utterances["train"]["path"], "--out", str(out),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await asyncio.wait_for(process.communicate(), 60)

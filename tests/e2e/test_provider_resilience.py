@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import Drop, ErrorStatus, Hang, LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
     RunningService,

@@ -23,7 +23,7 @@ import tests.e2e.conftest as e2e
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider

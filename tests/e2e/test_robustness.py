@@ -10,7 +10,7 @@ import websockets
 
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import ErrorStatus, Hang, LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
     SERVICE_ENV,

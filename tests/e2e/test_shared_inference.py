@@ -15,7 +15,7 @@ import pytest
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
     RunningService,

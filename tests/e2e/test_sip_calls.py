@@ -21,16 +21,16 @@ import pytest
 from clients.audiofile import load_audio
 from clients.sip_client import SipPhone
 from latency_tests.llm_server import LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import RunningService, start_service, stop_service, transcribe_back
 from tests.integration.test_sip_bridge import HOSTILE
 from tests.sip.baresip import BARESIP, Baresip, pcm_wav
 from tests.sip.relay import Impairment, SipRelay
 from tests.sip.sipp import SIPP, g711_wav, run_sipp, scenario
-from transports.sip import g711
-from transports.sip.rtp import RtpPacket
 from voice.audio import Int16Array
+from wire.rtp import g711
+from wire.rtp.packet import RtpPacket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(SIPP is None or BARESIP is None,
@@ -241,7 +241,7 @@ async def test_voice_dial_calls_a_phone_and_speaks_on_it(
     env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "k",
            "VOICE_LOG_LEVEL": "WARNING"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voice.cli", "dial", f"sip:tester@127.0.0.1:{relay.sip_port}",
+        sys.executable, "-m", "service.cli", "dial", f"sip:tester@127.0.0.1:{relay.sip_port}",
         "--greeting", "Hello, this is the assistant.", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:

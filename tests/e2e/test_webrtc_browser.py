@@ -188,7 +188,7 @@ async def test_an_unreachable_service_is_explained(web_service: RunningService) 
 def spawn_service(tmp: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = (tmp / f"service-{time.monotonic_ns()}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "voice.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **SERVICE_ENV, **env})
 
 

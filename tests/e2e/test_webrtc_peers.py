@@ -18,7 +18,7 @@ import websockets
 
 from clients.rtc_client import RtcClient, signalling_url
 from latency_tests.llm_server import LLMServer
-from pipelines.cascade.stt import WhisperSTT
+from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
     RunningService,
@@ -29,8 +29,8 @@ from tests.e2e.conftest import (
     transcribe_back,
 )
 from transports.webrtc.peer import Peer
-from transports.webrtc.signalling import SignalError, encode_offer, parse_server_signal
 from voice.clock import MONOTONIC
+from wire.rtc_signalling import SignalError, encode_offer, parse_server_signal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -305,10 +305,10 @@ async def test_voice_call_over_webrtc_on_a_machine_with_no_network(
     out = tmp_path / "reply.wav"
     script = (
         'v="$0"; ip link set lo up || exit 1; '
-        '"$v" -m voice.cli serve --port 8765 --rtc-allow-loopback > "$1" 2>&1 & service=$!; '
+        '"$v" -m service.cli serve --port 8765 --rtc-allow-loopback > "$1" 2>&1 & service=$!; '
         'for i in $(seq 100); do "$v" -c "import urllib.request as u; '
         'u.urlopen(\'http://127.0.0.1:8765/healthz\')" 2>/dev/null && break; sleep 0.3; done; '
-        '"$v" -m voice.cli call --transport webrtc --url http://127.0.0.1:8765 "$2" --out "$3"; '
+        '"$v" -m service.cli call --transport webrtc --url http://127.0.0.1:8765 "$2" --out "$3"; '
         'status=$?; kill $service; wait $service; exit $status')
     process = await asyncio.create_subprocess_exec(
         "unshare", "-n", "sh", "-c", script, sys.executable, str(tmp_path / "service.log"),

@@ -38,7 +38,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def voice(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "voice.cli", *args], cwd=ROOT, text=True,
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=timeout,
                           env={**os.environ, "VOICE_LOG_LEVEL": "WARNING"})
 

@@ -18,12 +18,12 @@ import pytest
 from clients.sip_client import SipPhone
 from tests.sip.sipp import SIPP, g711_wav, run_sipp, scenario
 from transports.sip.bridge import SipBridge
-from transports.sip.message import SipResponse, parse_message
 from voice.audio import Int16Array
 from voice.clock import MONOTONIC
 from voice.errors import ProtocolError, SipError
 from voice.session import PipelineFactory, Session
 from voice.settings import Settings
+from wire.sip.message import SipResponse, parse_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.skipif(SIPP is None, reason="sipp (sip-tester) is not installed")]

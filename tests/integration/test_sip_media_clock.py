@@ -15,11 +15,11 @@ from typing import cast
 import numpy as np
 import pytest
 
-from transports.sip import g711
 from transports.sip.media_clock import MediaClock, RtpOut, SharedPlayout
-from transports.sip.rtp import RtpPacket
-from transports.sip.sdp import MediaPlan
 from voice.clock import MONOTONIC
+from wire.rtp import g711
+from wire.rtp.packet import RtpPacket
+from wire.rtp.plan import MediaPlan
 
 pytestmark = pytest.mark.integration
 ASYNC = pytest.mark.asyncio(loop_scope="session")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from voice.backchannel import is_backchannel
-from voice.endpointing import (
+from voice.turntaking.backchannel import is_backchannel
+from voice.turntaking.detector import FixedSilence, TurnContext
+from voice.turntaking.endpointing import (
     PRESETS,
     AdaptiveEndpointing,
     CallerPauses,
     build_policy,
     incompleteness,
 )
-from voice.turns import FixedSilence, TurnContext
 
 pytestmark = pytest.mark.unit
 

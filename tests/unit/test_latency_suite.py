@@ -25,9 +25,9 @@ from latency_tests.suite.load import LoadLevel, capacity
 from latency_tests.suite.metrics import Heard, Trial
 from latency_tests.suite.results import RunResults, TurnResult
 from latency_tests.suite.stats import median, percentile, trimmed_mean
-from pipelines.cascade.delays import delayed, parse_stage_delays
-from pipelines.cascade.models import CascadeModels
-from pipelines.cascade.stt import Transcript
+from pipelines.providers.faults import delayed, parse_stage_delays
+from pipelines.providers.models import CascadeModels
+from pipelines.providers.stt import Transcript
 from voice.errors import ConfigError
 from voice.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The /v1/realtime endpoint's sans-I/O parts (transports/realtime_api/): client events,
+"""The /v1/realtime endpoint's sans-I/O parts (apis/openai_realtime/): client events,
 session.update, the conversation, the response event sequence and the server VAD, all
 checked against the GA types of the installed `openai` package."""
 
@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from apis.openai_realtime.conversation import Conversation, Item, item_from_client
+from apis.openai_realtime.generation import Completed, Failed, Heard, Said, Voiced
+from apis.openai_realtime.input_audio import InputAudio, audio_ms
+from apis.openai_realtime.responses import ResponseOptions, ResponseRun
+from apis.openai_realtime.session_config import SessionConfig, TurnDetection, apply_update
 from clients.audiofile import load_audio, voiced_bounds
 from tests.strategies import hostile_events
-from transports.realtime_api import client_events as ce
-from transports.realtime_api.conversation import Conversation, Item, item_from_client
-from transports.realtime_api.generation import Completed, Failed, Heard, Said, Voiced
-from transports.realtime_api.input_audio import InputAudio, audio_ms
-from transports.realtime_api.responses import ResponseOptions, ResponseRun
-from transports.realtime_api.session_config import SessionConfig, TurnDetection, apply_update
 from voice.errors import ProviderError
 from voice.settings import Settings
-from voice.turns import SpeechPaused, TurnEnded, TurnStarted
+from voice.turntaking.detector import SpeechPaused, TurnEnded, TurnStarted
+from wire.openai_realtime import client_events as ce
 
 pytestmark = pytest.mark.unit
 

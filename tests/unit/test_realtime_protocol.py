@@ -1,4 +1,4 @@
-"""The realtime pipeline's wire core (pipelines/realtime/protocol.py) against the GA
+"""The realtime pipeline's wire core (wire/openai_realtime/server_events.py) against the GA
 protocol of the installed `openai` package: recorded event sequences in the shape of
 the real API's, parsed without loss; client events the official types accept."""
 
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from pipelines.realtime import client_events as ce
-from pipelines.realtime import protocol as rt
 from voice.errors import ProtocolError
+from wire.openai_realtime import client_events as ce
+from wire.openai_realtime import server_events as rt
 
 pytestmark = pytest.mark.unit
 

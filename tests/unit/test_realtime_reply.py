@@ -1,4 +1,4 @@
-"""The realtime pipeline's small cores (pipelines/realtime/reply.py): mapping provider
+"""The realtime pipeline's small cores (pipelines/realtime/provider_reply.py): mapping provider
 input offsets back to arrival times, how much of a reply was heard, the watchdog."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from clients.audiofile import load_audio, voiced_bounds
 from pipelines.realtime.local_turns import SpeechEnds
-from pipelines.realtime.reply import InputClock, ProviderReply, Watchdog
+from pipelines.realtime.provider_reply import InputClock, ProviderReply, Watchdog
 from voice.audio import StreamResampler
 from voice.errors import ProviderTimeout
 from voice.latency import TurnTimeline

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from latency_tests.llm_server import Drop, ErrorStatus, Hang, LLMServer
-from pipelines.cascade.llm import (
+from pipelines.providers.llm import (
     TURN_TRACE,
     Endpoint,
     LLMChain,

@@ -1,4 +1,4 @@
-"""The WebRTC signalling contract (transports/webrtc/signalling.py), ICE settings, the
+"""The WebRTC signalling contract (wire/rtc_signalling.py), ICE settings, the
 no-delay jitter buffer and the static files, on text and bytes."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.static import StaticFiles
 from transports.webrtc.ice import ice_servers_from
-from transports.webrtc.jitter import ImmediateAudioBuffer, seq_newer
-from transports.webrtc.signalling import (
+from transports.webrtc.receive_buffer import ImmediateAudioBuffer, seq_newer
+from voice.errors import ConfigError, MessageTooLarge, ProtocolError
+from wire.rtc_signalling import (
     Answer,
     Config,
     IceServer,
@@ -26,8 +28,6 @@ from transports.webrtc.signalling import (
     parse_offer,
     parse_server_signal,
 )
-from transports.webrtc.static import StaticFiles
-from voice.errors import ConfigError, MessageTooLarge, ProtocolError
 
 pytestmark = pytest.mark.unit
 

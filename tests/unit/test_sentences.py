@@ -1,4 +1,4 @@
-"""SentenceSplitter and clean_for_speech (pipelines/cascade/sentences.py)."""
+"""SentenceSplitter and clean_for_speech (pipelines/sentences.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.cascade.sentences import SentenceSplitter, clean_for_speech
+from pipelines.sentences import SentenceSplitter, clean_for_speech
 
 pytestmark = pytest.mark.unit
 

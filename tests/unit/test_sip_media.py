@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.sip import g711
-from transports.sip.dtmf import DtmfEvent, DtmfReceiver, event_payloads
-from transports.sip.jitter import Concealer, JitterBuffer
-from transports.sip.rtp import RtpPacket, RtpSender, seq_newer
-from transports.sip.sdp import MediaPlan
-from transports.sip.stream import InboundStream, OutboundStream
 from voice.errors import ProtocolError
+from wire.rtp import g711
+from wire.rtp.dtmf import DtmfEvent, DtmfReceiver, event_payloads
+from wire.rtp.jitter import Concealer, JitterBuffer
+from wire.rtp.packet import RtpPacket, RtpSender, seq_newer
+from wire.rtp.plan import MediaPlan
+from wire.rtp.stream import InboundStream, OutboundStream
 
 pytestmark = pytest.mark.unit
 PROPERTY = settings(database=None, deadline=None, max_examples=300)

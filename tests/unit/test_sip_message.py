@@ -1,4 +1,4 @@
-"""SIP message parsing and serialising (transports/sip/message.py, headers.py), on bytes."""
+"""SIP message parsing and serialising (wire/sip/message.py, headers.py), on bytes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from transports.sip.headers import CSeq, NameAddr, SipUri, Via, split_list
-from transports.sip.message import (
+from voice.errors import SipError
+from wire.sip.headers import CSeq, NameAddr, SipUri, Via, split_list
+from wire.sip.message import (
     Headers,
     SipRequest,
     SipResponse,
@@ -17,7 +18,6 @@ from transports.sip.message import (
     response_to,
     with_received,
 )
-from voice.errors import SipError
 
 pytestmark = pytest.mark.unit
 PROPERTY = settings(database=None, deadline=None, max_examples=400,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.sip.phone_buffer import PhoneBuffer
+from clients.phone_buffer import PhoneBuffer
 
 pytestmark = pytest.mark.unit
 MS = 1_000_000

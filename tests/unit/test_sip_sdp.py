@@ -1,4 +1,4 @@
-"""SDP and offer/answer (transports/sip/sdp.py)."""
+"""SDP and offer/answer (wire/sip/sdp.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.sip import g711
-from transports.sip.sdp import (
+from voice.errors import SipError
+from wire.rtp import g711
+from wire.sip.sdp import (
     LocalMedia,
     SessionDescription,
     answer_offer,
     make_offer,
     plan_from_answer,
 )
-from voice.errors import SipError
 
 pytestmark = pytest.mark.unit
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from transports.sip.auth import DigestChallenge, DigestVerifier, digest_response
-from transports.sip.dialog import Dialog
-from transports.sip.headers import SipUri
-from transports.sip.message import SipRequest, SipResponse, parse_message, response_to
 from transports.sip.register import granted_expires, refresh_after
-from transports.sip.transaction import T1, T2, TransactionLayer
 from transports.sip.uac import with_credentials
 from voice.errors import SipError
+from wire.sip.auth import DigestChallenge, DigestVerifier, digest_response
+from wire.sip.dialog import Dialog
+from wire.sip.headers import SipUri
+from wire.sip.message import SipRequest, SipResponse, parse_message, response_to
+from wire.sip.transaction import T1, T2, TransactionLayer
 
 pytestmark = pytest.mark.unit
 PEER = ("192.0.2.1", 5060)

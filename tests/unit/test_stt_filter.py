@@ -1,10 +1,10 @@
-"""Whisper hallucination guard: hallucination_reason (pipelines/cascade/stt.py)."""
+"""Whisper hallucination guard: hallucination_reason (pipelines/providers/stt.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.cascade.stt import Transcript, cut_repeated_words, hallucination_reason
+from pipelines.providers.stt import Transcript, cut_repeated_words, hallucination_reason
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Turn detection (voice/turns.py) over frame classification (voice/vad.py).
+"""Turn detection (voice/turntaking/detector.py) over frame classification (vad.py).
 
 Audio is fed frame by frame, stamped in audio time: frame i (0-based) is complete, and
 so arrives, when its last sample has arrived, at (i + 1) * 20 ms. The main behaviour
@@ -20,7 +20,7 @@ import pytest
 import webrtcvad
 
 from voice.audio import Int16Array, array_to_pcm16_bytes, resample
-from voice.turns import (
+from voice.turntaking.detector import (
     FixedSilence,
     OnsetAbandoned,
     SpeechOnset,
@@ -32,7 +32,7 @@ from voice.turns import (
     TurnStarted,
     frames_of,
 )
-from voice.vad import FrameClassifier, NoiseFloor
+from voice.turntaking.vad import FrameClassifier, NoiseFloor
 
 pytestmark = pytest.mark.unit
 

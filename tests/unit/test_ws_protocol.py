@@ -1,4 +1,4 @@
-"""The WebSocket wire contract (transports/websocket/protocol.py), on bytes and text."""
+"""The WebSocket wire contract (wire/websocket.py), on bytes and text."""
 
 from __future__ import annotations
 
@@ -10,15 +10,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import hostile_events
-from transports.websocket.protocol import (
-    CLIENT_MESSAGE_TYPES,
-    DEFAULT_SAMPLE_RATE,
-    AudioMessage,
-    ControlMessage,
-    encode_event,
-    parse_client_message,
-    parse_sample_rate,
-)
 from voice.errors import MessageTooLarge, ProtocolError
 from voice.events import (
     ErrorOccurred,
@@ -27,6 +18,15 @@ from voice.events import (
     SessionCreated,
     TranscriptFinal,
     TurnLatency,
+)
+from wire.websocket import (
+    CLIENT_MESSAGE_TYPES,
+    DEFAULT_SAMPLE_RATE,
+    AudioMessage,
+    ControlMessage,
+    encode_event,
+    parse_client_message,
+    parse_sample_rate,
 )
 
 pytestmark = pytest.mark.unit

@@ -1,2 +1,3 @@
-"""SIP transport: sans-I/O cores (SIP messages, transactions, dialogs, SDP, RTP, RFC 4733
-DTMF, G.711, jitter buffer, digest auth) and an asyncio UDP bridge (`bridge.py`)."""
+"""SIP transport: the asyncio side of SIP calls (the UDP endpoint and its timers, the
+bridge that answers calls, one call's media socket and clock, registration, calls we
+place). The sans-I/O cores it drives are in `wire.sip` and `wire.rtp`."""

@@ -24,30 +24,30 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from transports.sip.auth import DigestVerifier
 from transports.sip.call import CallOptions, SipCall
-from transports.sip.dialog import Dialog, new_tag
 from transports.sip.endpoint import SipEndpoint
-from transports.sip.headers import SipUri
 from transports.sip.media import RtpSocket, open_rtp_socket, parse_port_range
 from transports.sip.media_clock import MediaClock
-from transports.sip.message import SipRequest, SipResponse
 from transports.sip.register import Registration
-from transports.sip.sdp import (
-    LocalMedia,
-    MediaPlan,
-    SessionDescription,
-    answer_offer,
-    make_offer,
-    plan_from_answer,
-)
-from transports.sip.transaction import Address, ServerTransaction
 from transports.sip.uac import ALLOW, Credentials, place_call
 from voice.clock import Clock
 from voice.errors import ConfigError, ProtocolError, SipError
 from voice.events import Event
 from voice.session import PipelineFactory
 from voice.settings import Settings
+from wire.rtp.plan import MediaPlan
+from wire.sip.auth import DigestVerifier
+from wire.sip.dialog import Dialog, new_tag
+from wire.sip.headers import SipUri
+from wire.sip.message import SipRequest, SipResponse
+from wire.sip.sdp import (
+    LocalMedia,
+    SessionDescription,
+    answer_offer,
+    make_offer,
+    plan_from_answer,
+)
+from wire.sip.transaction import Address, ServerTransaction
 
 log = logging.getLogger(__name__)
 

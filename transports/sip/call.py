@@ -18,24 +18,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from transports.sip.dialog import Dialog
 from transports.sip.endpoint import SipEndpoint
 from transports.sip.media import CallMedia, RtpSocket
 from transports.sip.media_clock import MediaClock, SharedPlayout
-from transports.sip.message import SipRequest, SipResponse
-from transports.sip.sdp import (
-    LocalMedia,
-    MediaPlan,
-    SessionDescription,
-    answer_offer,
-    plan_from_answer,
-)
-from transports.sip.transaction import Address, ServerTransaction
 from voice.audio import Int16Array
 from voice.clock import Clock
 from voice.errors import SipError
 from voice.events import Event, ResponseTextDelta
 from voice.session import PipelineFactory, Session
+from wire.rtp.plan import MediaPlan
+from wire.sip.dialog import Dialog
+from wire.sip.message import SipRequest, SipResponse
+from wire.sip.sdp import (
+    LocalMedia,
+    SessionDescription,
+    answer_offer,
+    plan_from_answer,
+)
+from wire.sip.transaction import Address, ServerTransaction
 
 log = logging.getLogger(__name__)
 

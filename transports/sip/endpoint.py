@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from transports.sip.message import (
+from voice.errors import SipError
+from wire.sip.message import (
     SipRequest,
     SipResponse,
     check_request,
@@ -24,14 +25,13 @@ from transports.sip.message import (
     response_to,
     with_received,
 )
-from transports.sip.transaction import (
+from wire.sip.transaction import (
     Address,
     ClientTransaction,
     ServerTransaction,
     TransactionLayer,
     client_key,
 )
-from voice.errors import SipError
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any, cast
 import numpy as np
 
 from transports.sip.media_clock import MAX_CATCH_UP, ClockStats, MediaClock, RtpOut
-from transports.sip.sdp import MediaPlan
-from transports.sip.stream import SAMPLE_RATE, InboundStream, PullChunk
-from transports.sip.transaction import Address
 from voice.audio import Int16Array
 from voice.errors import ConfigError
+from wire.rtp.plan import MediaPlan
+from wire.rtp.stream import SAMPLE_RATE, InboundStream, PullChunk
+from wire.sip.transaction import Address
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transports.sip.sdp import MediaPlan
-from transports.sip.stream import OutboundStream, PullChunk
 from voice.clock import MONOTONIC, Clock
 from voice.playout import Playout
+from wire.rtp.plan import MediaPlan
+from wire.rtp.stream import OutboundStream, PullChunk
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from transports.sip.dialog import new_branch, new_call_id, new_tag
 from transports.sip.endpoint import SipEndpoint
-from transports.sip.headers import NameAddr, SipUri, ascii_int, get_param, iter_name_addrs
-from transports.sip.message import Headers, SipRequest, SipResponse
-from transports.sip.transaction import new_via
 from transports.sip.uac import Credentials, resolve, with_credentials
+from wire.sip.dialog import new_branch, new_call_id, new_tag
+from wire.sip.headers import NameAddr, SipUri, ascii_int, get_param, iter_name_addrs
+from wire.sip.message import Headers, SipRequest, SipResponse
+from wire.sip.transaction import new_via
 
 log = logging.getLogger(__name__)
 

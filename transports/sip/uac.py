@@ -10,13 +10,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transports.sip.auth import DigestChallenge
-from transports.sip.dialog import Dialog, new_branch, new_call_id, new_tag
 from transports.sip.endpoint import SipEndpoint
-from transports.sip.headers import NameAddr, SipUri
-from transports.sip.message import Headers, SipRequest, SipResponse
-from transports.sip.transaction import Address, new_via
 from voice.errors import SipError
+from wire.sip.auth import DigestChallenge
+from wire.sip.dialog import Dialog, new_branch, new_call_id, new_tag
+from wire.sip.headers import NameAddr, SipUri
+from wire.sip.message import Headers, SipRequest, SipResponse
+from wire.sip.transaction import Address, new_via
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE"
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 
-from transports.webrtc.signalling import IceServer
 from voice.errors import ConfigError
+from wire.rtc_signalling import IceServer
 
 LOOPBACK_V4 = "127.0.0.1"
 _URL = re.compile(r"(stun|turns?):[^\s?]+(\?transport=(udp|tcp))?")

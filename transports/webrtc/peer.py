@@ -21,11 +21,11 @@ from aiortc.exceptions import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from transports.webrtc.ice import rtc_configuration
-from transports.webrtc.jitter import use_immediate_audio_buffer
-from transports.webrtc.signalling import IceServer
+from transports.webrtc.receive_buffer import use_immediate_audio_buffer
 from transports.webrtc.tracks import ChunkSource, PacedAudioTrack
 from voice.clock import Clock
 from voice.errors import ProtocolError
+from wire.rtc_signalling import IceServer
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,13 @@ from websockets.exceptions import ConnectionClosed
 from transports.webrtc.ice import allow_loopback, ice_servers_from
 from transports.webrtc.media import RTC_RATE, CallerAudio
 from transports.webrtc.peer import Peer
-from transports.webrtc.signalling import (
+from transports.webrtc.tracks import frame_samples, next_audio
+from voice.clock import Clock
+from voice.errors import CapacityError, MessageTooLarge, ProtocolError
+from voice.events import ErrorOccurred, Event, Pong, SessionCreated
+from voice.session import PipelineFactory, Session
+from voice.settings import Settings
+from wire.rtc_signalling import (
     CLOSE_NORMAL,
     CLOSE_PEER_TIMEOUT,
     CLOSE_POLICY,
@@ -41,18 +47,12 @@ from transports.webrtc.signalling import (
     encode_error,
     parse_offer,
 )
-from transports.webrtc.tracks import frame_samples, next_audio
-from transports.websocket.protocol import (
+from wire.websocket import (
     ControlMessage,
     encode_event,
     parse_client_message,
     parse_query_param,
 )
-from voice.clock import Clock
-from voice.errors import CapacityError, MessageTooLarge, ProtocolError
-from voice.events import ErrorOccurred, Event, Pong, SessionCreated
-from voice.session import PipelineFactory, Session
-from voice.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from transports.websocket.protocol import (
+from voice.clock import Clock
+from voice.errors import CapacityError, MessageTooLarge, ProtocolError
+from voice.events import ErrorOccurred, Event, Pong, SessionCreated
+from voice.session import PipelineFactory, Session
+from voice.settings import Settings
+from wire.websocket import (
     CLOSE_IDLE,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -28,11 +33,6 @@ from transports.websocket.protocol import (
     parse_query_param,
     parse_sample_rate,
 )
-from voice.clock import Clock
-from voice.errors import CapacityError, MessageTooLarge, ProtocolError
-from voice.events import ErrorOccurred, Event, Pong, SessionCreated
-from voice.session import PipelineFactory, Session
-from voice.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,141 @@
+"""The conversation of one /v1/realtime session: ordered items, as the LLM will read them.
+
+Sans-I/O. Items keep text only (our models are text in the middle): a user audio
+item holds its transcript once known, an assistant audio item the words of its audio.
+`conversation.item.truncate` cuts an assistant item's words in proportion to the
+audio kept, so the model never "remembers" saying what the caller did not hear.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from wire.openai_realtime.client_events import RealtimeApiError, unsupported
+
+Message = dict[str, str]
+
+_USER_PARTS = {"input_text": "text", "input_audio": "transcript"}
+_ASSISTANT_PARTS = {"output_text": "text", "text": "text", "output_audio": "transcript",
+                    "audio": "transcript"}
+
+
+def new_item_id() -> str:
+    return "item_" + secrets.token_hex(10)
+
+
+@dataclass
+class Item:
+    id: str
+    role: str  # user, assistant or system
+    kind: str  # content part type: input_audio, input_text, output_audio, output_text
+    text: str | None  # transcript or text; None while a transcription is pending
+    status: str = "completed"
+    audio_samples: int = 0  # an assistant item's audio, at 24 kHz
+    truncated_ms: int | None = None
+
+    @property
+    def audio_ms(self) -> int:
+        return self.audio_samples * 1000 // 24000
+
+    def content(self) -> list[dict[str, Any]]:
+        if self.kind in ("input_audio", "output_audio"):
+            return [{"type": self.kind, "transcript": self.text}]
+        return [{"type": self.kind, "text": self.text or ""}]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "realtime.item", "type": "message",
+                "status": self.status, "role": self.role, "content": self.content()}
+
+    def truncate(self, audio_end_ms: int) -> None:
+        """Keep the words of the first `audio_end_ms` of this item's audio."""
+        words = (self.text or "").split()
+        share = audio_end_ms / self.audio_ms if self.audio_ms else 0.0
+        self.text = " ".join(words[: int(len(words) * min(1.0, share))])
+        self.truncated_ms = audio_end_ms
+        self.audio_samples = min(self.audio_samples, audio_end_ms * 24)
+
+
+class Conversation:
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def get(self, item_id: str) -> Item | None:
+        return next((item for item in self.items if item.id == item_id), None)
+
+    def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Append, or insert after `previous_item_id` ("root": first); the predecessor."""
+        if self.get(item.id) is not None:
+            raise RealtimeApiError(f"Item with id '{item.id}' already exists.",
+                                   code="item_already_exists", param="item.id")
+        if previous_item_id is None:
+            previous = self.last_id()
+            self.items.append(item)
+            return previous
+        if previous_item_id == "root":
+            self.items.insert(0, item)
+            return None
+        anchor = self.get(previous_item_id)
+        if anchor is None:
+            raise RealtimeApiError(f"Item with id '{previous_item_id}' not found.",
+                                   code="item_not_found", param="previous_item_id")
+        self.items.insert(self.items.index(anchor) + 1, item)
+        return previous_item_id
+
+    def previous_of(self, item: Item) -> str | None:
+        index = self.items.index(item)
+        return self.items[index - 1].id if index else None
+
+    def delete(self, item_id: str) -> None:
+        item = self.get(item_id)
+        if item is None:
+            raise RealtimeApiError(f"Item with id '{item_id}' not found.",
+                                   code="item_not_found", param="item_id")
+        self.items.remove(item)
+
+    def messages(self, instructions: str, skip: str | None = None) -> list[Message]:
+        """Chat messages for the LLM: the instructions, then every item with words
+        (but `skip`, the item whose words the caller is about to supply)."""
+        messages: list[Message] = [{"role": "system", "content": instructions}]
+        for item in self.items:
+            if item.text and item.id != skip:
+                messages.append({"role": item.role, "content": item.text})
+        return messages
+
+
+def item_from_client(data: dict[str, Any]) -> Item:
+    """An item of `conversation.item.create`: text messages of any role."""
+    if data.get("type") != "message":
+        raise unsupported(f"Items of type '{str(data.get('type'))[:40]}'", "item.type")
+    role = data.get("role")
+    parts = {"user": _USER_PARTS, "assistant": _ASSISTANT_PARTS,
+             "system": {"input_text": "text"}}.get(role if isinstance(role, str) else "")
+    if parts is None:
+        raise RealtimeApiError("Invalid value for 'item.role': user, assistant or system.",
+                               code="invalid_value", param="item.role")
+    content = data.get("content")
+    if not isinstance(content, list) or not content:
+        raise RealtimeApiError("Missing required parameter: 'item.content'.",
+                               code="missing_required_parameter", param="item.content")
+    texts = [_part_text(part, parts) for part in content]
+    item_id = data.get("id")
+    kind = "input_text" if role != "assistant" else "output_text"
+    return Item(id=item_id if isinstance(item_id, str) and item_id else new_item_id(),
+                role=str(role), kind=kind, text=" ".join(t for t in texts if t))
+
+
+def _part_text(part: Any, allowed: dict[str, str]) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if not isinstance(kind, str) or kind not in allowed:
+        raise RealtimeApiError(f"Invalid content type '{str(kind)[:40]}' for this role; "
+                               f"use {', '.join(allowed)}.", code="invalid_value",
+                               param="item.content.type")
+    assert isinstance(part, dict)
+    if kind == "input_audio" and part.get("audio"):
+        raise unsupported("Audio content in conversation.item.create", "item.content.audio")
+    text = part.get(allowed[kind])
+    return text if isinstance(text, str) else ""

@@ -1,0 +1,17 @@
+"""The cascade's three models as one value: loaded once by `registry.load_models()` and
+shared by every session (and slowed down by `faults`, for tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.providers.llm import LanguageModel
+from pipelines.providers.stt import SpeechToText
+from pipelines.providers.tts import TextToSpeech
+
+
+@dataclass
+class CascadeModels:
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech

@@ -1,0 +1,325 @@
+"""The service: one HTTP/WebSocket listener, shared models, clean shutdown.
+
+Routes: `GET /healthz` (JSON status), `GET /ws` (WebSocket sessions, see
+docs/protocol.md), `GET /rtc` (WebRTC signalling), `GET /v1/realtime` (the
+OpenAI-Realtime-compatible endpoint, docs/realtime.md), `GET /` (the demo page) and
+`GET /widget/...` (the browser widget). Models are loaded once before listening.
+SIGINT/SIGTERM close every open session with code 1001 and stop the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import signal
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from apis.openai_audio import AudioApi
+from apis.openai_realtime.server import PATH as REALTIME_API_PATH
+from apis.openai_realtime.server import RealtimeApiEndpoint
+from pipelines.cascade.pipeline import CascadePipeline
+from pipelines.providers.llm import LLMChain
+from pipelines.providers.models import CascadeModels
+from pipelines.providers.registry import breaker_for, load_models
+from pipelines.providers.remote import RemoteSTT, RemoteTTS
+from pipelines.realtime.options import RealtimeOptions, SessionIO
+from pipelines.realtime.pipeline import RealtimePipeline
+from pipelines.realtime.provider import WebSocketProvider
+from service.static import StaticFiles
+from transports.sip.bridge import SipBridge
+from transports.webrtc.server import WebRTCTransport
+from transports.websocket.server import WebSocketTransport
+from voice.clock import MONOTONIC, Clock
+from voice.errors import ProtocolError, VoiceError
+from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
+from voice.session import Pipeline, PipelineFactory, Session
+from voice.settings import Settings
+from wire.websocket import CLOSE_GOING_AWAY
+
+log = logging.getLogger(__name__)
+GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard, during a drain
+REPLY_TASK = re.compile(r"turn-\d+-reply")
+
+
+def http_response(status: HTTPStatus, body: bytes, content_type: str,
+                  retry_after: int | None = None) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-store"), ("Connection", "close")])
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return Response(status.value, status.phrase, headers, body)
+
+
+def json_response(status: HTTPStatus, data: object) -> Response:
+    return http_response(status, json.dumps(data).encode(), "application/json")
+
+
+def replies_running() -> int:
+    """Reply tasks alive now (the cascade's, running or speculative): a leak shows here."""
+    return sum(1 for task in asyncio.all_tasks()
+               if REPLY_TASK.fullmatch(task.get_name()) and not task.done())
+
+
+class Service:
+    def __init__(self, settings: Settings, models: CascadeModels, clock: Clock = MONOTONIC) -> None:
+        self.settings = settings
+        self.models = models
+        self.clock = clock
+        self.draining = False
+        self.live: dict[str, tuple[Session, LiveSession]] = {}
+        self._frames_ended = {"dropped": 0, "concealed": 0}  # of sessions that ended
+        self.metrics = ServiceMetrics(self.live_sessions, self.load, self.breakers,
+                                      self.audio_frames)
+        self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
+        self.realtime_api = RealtimeApiEndpoint(settings, models)
+        self.realtime_provider = WebSocketProvider(
+            settings.realtime_url, settings.realtime_model, settings.openai_api_key,
+            settings.realtime_timeout_s)
+        self.realtime_breaker = breaker_for(self.realtime_provider.name, settings)
+        self.webrtc = WebRTCTransport(settings, self._factory_for("webrtc"), clock,
+                                      self.open_sessions)
+        self.static = StaticFiles()
+        self.sip = (SipBridge(settings, self._factory_for("sip"), clock) if settings.sip_port
+                    else None)
+        self._server: Server | None = None
+        self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key)
+                          if settings.audio_api_port else None)
+
+    def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
+        """The one table of pipelines; `name` None: the service's default."""
+        pipelines: dict[str, PipelineFactory] = {
+            "cascade": self._cascade, "realtime": self._realtime}
+        name = name or self.settings.pipeline
+        if name not in pipelines:
+            raise ProtocolError(f"unknown pipeline {name[:40]!r}; available: "
+                                + ", ".join(pipelines), code="invalid_pipeline")
+        return name, pipelines[name]
+
+    def _factory_for(self, transport: str) -> Callable[[str | None],
+                                                       tuple[str, PipelineFactory]]:
+        """`pipeline_factory` for one transport: its sessions are tracked (metrics,
+        drain) from the moment their pipeline is made."""
+        def lookup(name: str | None) -> tuple[str, PipelineFactory]:
+            chosen, make = self.pipeline_factory(name)
+
+            def build(session: Session) -> Pipeline:
+                live = LiveSession(transport, chosen)
+                self.live[session.id] = (session, live)
+                self.metrics.session_started(live)
+                session.observers.append(functools.partial(self.metrics.observe, chosen))
+                return make(session)
+            return chosen, build
+        return lookup
+
+    def live_sessions(self) -> list[LiveSession]:
+        """The sessions open now (ended ones are let go here)."""
+        for sid, (session, _) in list(self.live.items()):
+            if session.ended.is_set():
+                del self.live[sid]
+                self._frames_ended["dropped"] += session.frames_dropped
+                self._frames_ended["concealed"] += session.frames_concealed
+        return [live for _, live in self.live.values()]
+
+    def audio_frames(self) -> dict[str, int]:
+        self.live_sessions()
+        open_sessions = [session for session, _ in self.live.values()]
+        return {"dropped": self._frames_ended["dropped"]
+                + sum(s.frames_dropped for s in open_sessions),
+                "concealed": self._frames_ended["concealed"]
+                + sum(s.frames_concealed for s in open_sessions)}
+
+    def load(self) -> WorkerLoad:
+        return WorkerLoad(len(self.live_sessions()), self.settings.max_sessions, self.draining)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready: models loaded (always, once listening), not draining, below capacity;
+        with the load, so that a balancer can prefer the least-loaded worker."""
+        load = self.load()
+        at_capacity = self.open_sessions() >= self.settings.max_sessions
+        failure = None if self.sip is None else self.sip.failure
+        ready = not load.draining and not at_capacity and failure is None
+        return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
+                       "capacity": load.capacity,
+                       "load": round(load.sessions / max(1, load.capacity), 3),
+                       "sip_calls": None if self.sip is None else len(self.sip.calls),
+                       "reason": "draining" if load.draining else failure
+                       or ("at capacity" if at_capacity else "")}
+
+    def _cascade(self, session: Session) -> CascadePipeline:
+        return CascadePipeline(self.models, self.settings, session, self.clock)
+
+    def _realtime(self, session: Session) -> RealtimePipeline:
+        def cascade(io: SessionIO) -> CascadePipeline:
+            return CascadePipeline(self.models, self.settings, io, self.clock)
+
+        return RealtimePipeline(
+            self.realtime_provider, RealtimeOptions.from_settings(self.settings), session,
+            self.clock, tts=self.models.tts, stt=self.models.stt, breaker=self.realtime_breaker,
+            fallback=cascade if self.settings.realtime_fallback == "cascade" else None)
+
+    def breakers(self) -> dict[str, dict[str, object]]:
+        """Every provider's circuit breaker, for /healthz."""
+        found = [self.realtime_breaker]
+        if isinstance(self.models.llm, LLMChain):
+            found += [endpoint.breaker for endpoint in self.models.llm.endpoints]
+        for model in (self.models.stt, self.models.tts):
+            if isinstance(model, RemoteSTT | RemoteTTS):
+                found.append(model.breaker)
+        return {breaker.name: breaker.snapshot() for breaker in found}
+
+    def open_sessions(self) -> int:
+        return len(self.websocket.sessions) + len(self.webrtc.sessions)
+
+    async def route(self, connection: ServerConnection) -> None:
+        path = connection.request.path.partition("?")[0] if connection.request else ""
+        if path == "/rtc":
+            await self.webrtc.handle(connection)
+        elif path == REALTIME_API_PATH:
+            await self.realtime_api.handle(connection)
+        else:
+            await self.websocket.handle(connection)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "sessions": self.open_sessions(),
+            "max_sessions": self.settings.max_sessions,
+            "pipeline": self.settings.pipeline,
+            "realtime_provider": self.realtime_provider.name,
+            "realtime_api_sessions": len(self.realtime_api.connections),
+            "stt": self.models.stt.name,
+            "tts": self.models.tts.name,
+            "llm": self.models.llm.name,
+            "sip_calls": None if self.sip is None else len(self.sip.calls),
+            "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
+            "audio_api_port": None if self.audio_api is None else self.audio_api.port,
+            "replies_running": replies_running(),
+            "breakers": self.breakers(),
+        }
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return json_response(HTTPStatus.OK, self.health())
+        if path == "/readyz":
+            ready, body = self.readiness()
+            return json_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        if path == "/metrics":
+            return http_response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
+        if self.draining and path in ("/ws", "/rtc", REALTIME_API_PATH):
+            log.info("refused a session on %s: draining", path)
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 b"draining: this worker is shutting down; connect to "
+                                 b"another\n", "text/plain", retry_after=5)
+        if path in ("/ws", "/rtc"):
+            if self.open_sessions() >= self.settings.max_sessions:
+                log.warning("refused a session: at capacity (%d)", self.settings.max_sessions)
+                return http_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"at capacity: {self.settings.max_sessions} sessions open; "
+                    "try again later\n".encode(), "text/plain")
+            return None
+        if path == REALTIME_API_PATH and self.realtime_api.at_capacity():
+            log.warning("refused a realtime API session: at capacity")
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain")
+        if path == REALTIME_API_PATH:
+            return None
+        static = self.static.lookup(path)
+        if static is not None:
+            return http_response(HTTPStatus.OK, static.body, static.content_type)
+        return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+    async def start(self) -> None:
+        if self.sip is not None:
+            await self.sip.start()
+        if self.audio_api is not None:
+            await self.audio_api.start(self.settings.host, self.settings.audio_api_port)
+        self._server = await serve(
+            self.route, self.settings.host, self.settings.port,
+            process_request=self.process_request, compression=None,
+            max_size=self.settings.max_message_bytes * 4, ping_interval=20, ping_timeout=20,
+            server_header="voice-assistant-service")
+        log.info("listening on http://%s:%d (WebSocket at ws://%s:%d/ws, health at /healthz)",
+                 self.settings.host, self.port, self.settings.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def drain(self, timeout_s: float, stop_now: asyncio.Event) -> None:
+        """Take no new sessions; let the active ones finish for up to `timeout_s` (or
+        until `stop_now`); then say goodbye to those left and hang up."""
+        self.draining = True
+        if self.sip is not None:
+            self.sip.draining = True
+        started = time.monotonic()
+        log.info("draining: %d session(s) active; no new sessions; up to %g s",
+                 len(self.live_sessions()), timeout_s)
+        ended = asyncio.gather(*(session.ended.wait() for session, _ in self.live.values()))
+        stopped = asyncio.ensure_future(stop_now.wait())
+        waiters: list[asyncio.Future[Any]] = [ended, stopped]
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        stopped.cancel()
+        left = [session for session, _ in self.live.values() if not session.ended.is_set()]
+        if left and not stop_now.is_set():
+            log.info("drain timeout: ending %d session(s) with a goodbye", len(left))
+            await asyncio.gather(*(self._goodbye(s) for s in left), return_exceptions=True)
+        log.info("drained in %.1f s", time.monotonic() - started)
+
+    async def _goodbye(self, session: Session) -> None:
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                if session.pipeline is not None:
+                    await session.pipeline.announce(self.settings.drain_message)
+        except (TimeoutError, VoiceError) as exc:
+            log.warning("session %s: no goodbye (%s)", session.id, exc)
+        await session.hangup("the service is shutting down")
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        connections = [*self.websocket.sessions.values(), *self.realtime_api.connections.values()]
+        log.info("shutting down: closing %d open session(s)", len(connections))
+        self._server.close(close_connections=False)
+        await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down")
+                               for c in connections), return_exceptions=True)
+        await self.webrtc.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        if self.sip is not None:
+            await self.sip.stop()
+        if self.audio_api is not None:
+            await self.audio_api.stop()
+        await self._server.wait_closed()
+        log.info("stopped")
+
+
+async def serve_forever(settings: Settings) -> None:
+    log.info("loading models (settings: %s)", settings.redacted())
+    models = await asyncio.to_thread(load_models, settings)
+    service = Service(settings, models)
+    await service.start()
+    stop, drain = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    draining = asyncio.ensure_future(drain.wait())
+    await asyncio.wait([stopping, draining], return_when=asyncio.FIRST_COMPLETED)
+    if drain.is_set() and not stop.is_set():
+        loop.add_signal_handler(signal.SIGTERM, stop.set)  # a second SIGTERM: stop now
+        await service.drain(settings.drain_timeout_s, stop)
+    stopping.cancel()
+    draining.cancel()
+    await service.stop()

@@ -1,0 +1,1 @@
+"""The OpenAI Realtime API (GA) events, both directions, sans-I/O."""
