@@ -32,11 +32,11 @@ import numpy as np
 import soundfile
 from aiohttp import web
 
-from pipelines.providers.remote import SPEECH_PCM_RATE, wav_bytes
+from pipelines.providers.remote import wav_bytes
 from pipelines.providers.stt import SpeechToText
 from pipelines.providers.tts import TextToSpeech
 from pipelines.sentences import SentenceSplitter, clean_for_speech
-from voice.audio import PIPELINE_RATE, array_to_pcm16_bytes, resample
+from voice.audio import OPENAI_PCM_RATE, PIPELINE_RATE, array_to_pcm16_bytes, resample
 from voice.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class AudioApi:
             except ProviderError as exc:
                 return _error(500, exc.message, "synthesis_failed")
             audio = np.concatenate(parts) if parts else np.zeros(0, np.int16)
-            return web.Response(body=wav_bytes(audio, SPEECH_PCM_RATE), content_type="audio/wav")
+            return web.Response(body=wav_bytes(audio, OPENAI_PCM_RATE), content_type="audio/wav")
         response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
         response.enable_chunked_encoding()
         started = False
@@ -174,7 +174,7 @@ class AudioApi:
 
     async def _pcm_24k(self, text: str) -> np.ndarray:
         samples = await self._tts.synthesize(text)
-        return resample(samples, self._tts.sample_rate, SPEECH_PCM_RATE)
+        return resample(samples, self._tts.sample_rate, OPENAI_PCM_RATE)
 
 
 def _sentences(text: str) -> list[str]:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pipelines.providers.llm import TURN_TRACE, Message, ProviderTrace
 from pipelines.providers.models import CascadeModels
@@ -30,27 +29,18 @@ from voice.clock import Clock
 from voice.errors import ProviderError, VoiceError
 from voice.events import (
     ErrorOccurred,
-    Event,
     ResponseDone,
     ResponseTextDelta,
     TranscriptFinal,
     TurnLatency,
 )
 from voice.latency import TurnTimeline
-from voice.playout import Playout, wait_until_played
+from voice.playout import wait_until_played
+from voice.session import SessionIO
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I'm having trouble answering right now. Please try again."
-
-
-class SessionIO(Protocol):
-    sample_rate: int
-    playout: Playout
-
-    def emit(self, event: Event) -> None: ...
-
-    async def hangup(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pipelines.providers.llm import LLMChain
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.registry import breaker_for, load_models
 from pipelines.providers.remote import RemoteSTT, RemoteTTS
-from pipelines.realtime.options import RealtimeOptions, SessionIO
+from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
 from service.static import StaticFiles
@@ -43,7 +43,7 @@ from voice.clock import MONOTONIC, Clock
 from voice.errors import ProtocolError, VoiceError
 from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
-from voice.session import Pipeline, PipelineFactory, Session
+from voice.session import Pipeline, PipelineFactory, Session, SessionIO
 from voice.settings import Settings
 from wire.websocket import CLOSE_GOING_AWAY
 

@@ -10,6 +10,7 @@ Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
 
 PIPELINE_RATE = 16000  # VAD and STT run at this rate, whatever the session rate
+OPENAI_PCM_RATE = 24000  # OpenAI's raw `pcm`: the Realtime API's audio/pcm, /v1/audio/speech
 
 
 def pcm16_bytes_to_array(data: bytes) -> Int16Array:

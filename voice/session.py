@@ -22,6 +22,18 @@ from voice.playout import Playout
 log = logging.getLogger(__name__)
 
 
+class SessionIO(Protocol):
+    """What a pipeline sees of its session: the caller's rate, the playout of reply
+    audio, events out, and hanging up. `Session` is one; tests and fallbacks wrap it."""
+
+    sample_rate: int
+    playout: Playout
+
+    def emit(self, event: Event) -> None: ...
+
+    async def hangup(self, reason: str) -> None: ...
+
+
 class Pipeline(Protocol):
     name: str
 
@@ -39,6 +51,9 @@ class Pipeline(Protocol):
 
 
 PipelineFactory = Callable[["Session"], Pipeline]
+# A transport's way to the pipelines: the pipeline a client asked for (None: the
+# default) -> its name and factory; raises ProtocolError for an unknown name.
+FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
 SendEvent = Callable[[Event], Awaitable[None]]
 SendAudio = Callable[[bytes], Awaitable[None]]
 Hangup = Callable[[str], Awaitable[None]]

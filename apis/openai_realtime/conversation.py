@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from voice.audio import OPENAI_PCM_RATE
 from wire.openai_realtime.client_events import RealtimeApiError, unsupported
 
 Message = dict[str, str]
@@ -37,7 +38,7 @@ class Item:
 
     @property
     def audio_ms(self) -> int:
-        return self.audio_samples * 1000 // 24000
+        return self.audio_samples * 1000 // OPENAI_PCM_RATE
 
     def content(self) -> list[dict[str, Any]]:
         if self.kind in ("input_audio", "output_audio"):

@@ -14,9 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from voice.audio import OPENAI_PCM_RATE
 from wire.openai_realtime.client_events import RealtimeApiError, unsupported
 
-RATE = 24000
+RATE = OPENAI_PCM_RATE
 PCM_FORMAT = {"type": "audio/pcm", "rate": RATE}
 EAGERNESS = ("low", "medium", "high", "auto")
 _TOP_LEVEL = {"type", "model", "instructions", "output_modalities", "audio", "tools",
@@ -137,7 +138,7 @@ def _check_format(value: Any, param: str) -> None:
         return
     if (not isinstance(value, dict) or value.get("type", "audio/pcm") != "audio/pcm"
             or value.get("rate", RATE) != RATE):
-        raise unsupported("Audio formats other than audio/pcm at 24000 Hz", f"session.{param}")
+        raise unsupported(f"Audio formats other than audio/pcm at {RATE} Hz", f"session.{param}")
 
 
 def _audio_input(data: Any, config: SessionConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.providers.models import CascadeModels
-from pipelines.reply import Reply, ReplyContext, SessionIO
+from pipelines.reply import Reply, ReplyContext
 from voice.audio import (
     PIPELINE_RATE,
     Int16Array,
@@ -45,6 +45,7 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
+from voice.session import SessionIO
 from voice.settings import Settings
 from voice.tasks import cancel_and_wait
 from voice.turntaking.backchannel import is_backchannel

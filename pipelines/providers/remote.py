@@ -25,11 +25,15 @@ import numpy as np
 import openai
 
 from pipelines.providers.stt import Transcript
-from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, pcm16_bytes_to_array
+from voice.audio import (
+    OPENAI_PCM_RATE,
+    PIPELINE_RATE,
+    Int16Array,
+    array_to_pcm16_bytes,
+    pcm16_bytes_to_array,
+)
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from voice.resilience import CircuitBreaker, retry_after_s
-
-SPEECH_PCM_RATE = 24000  # the OpenAI audio API's `pcm` format
 
 
 class _LoopClient:
@@ -119,7 +123,7 @@ class RemoteSTT:
 
 
 class RemoteTTS:
-    sample_rate = SPEECH_PCM_RATE
+    sample_rate = OPENAI_PCM_RATE
 
     def __init__(self, base_url: str, api_key: str, model: str, voice: str,
                  timeout_s: float, breaker: CircuitBreaker) -> None:

@@ -9,9 +9,9 @@ import logging
 from collections import deque
 from typing import Protocol
 
-from pipelines.realtime.options import SessionIO
 from voice.audio import Int16Array
 from voice.events import Event, TurnLatency
+from voice.session import SessionIO
 
 log = logging.getLogger(__name__)
 

@@ -4,21 +4,9 @@ it serves."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from voice.events import Event
-from voice.playout import Playout
 from voice.settings import Settings
 from wire.openai_realtime import server_events as rt
-
-
-class SessionIO(Protocol):
-    sample_rate: int
-    playout: Playout
-
-    def emit(self, event: Event) -> None: ...
-
-    async def hangup(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)

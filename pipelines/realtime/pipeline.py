@@ -41,7 +41,7 @@ from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.fallback import Fallback, FallbackIO, UnheardAudio
 from pipelines.realtime.link import ProviderLink
 from pipelines.realtime.local_turns import LocalTurns, SpeechEnds, TurnReader
-from pipelines.realtime.options import RealtimeOptions, SessionIO
+from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider
 from pipelines.realtime.provider_reply import ProviderReply
@@ -58,6 +58,7 @@ from voice.events import (
 )
 from voice.latency import TurnTimeline
 from voice.resilience import CircuitBreaker
+from voice.session import SessionIO
 from voice.turntaking.backchannel import is_backchannel
 from voice.turntaking.detector import (
     OnsetAbandoned,

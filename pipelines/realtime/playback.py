@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from pipelines.providers.tts import TextToSpeech
 from pipelines.realtime.conversation import Conversation
-from pipelines.realtime.options import SessionIO
 from pipelines.realtime.provider_reply import ProviderReply
 from pipelines.reply import APOLOGY
 from voice.audio import array_to_pcm16_bytes, resample
 from voice.errors import ProviderError
 from voice.events import ResponseDone, TurnLatency
 from voice.playout import wait_until_played
+from voice.session import SessionIO
 from voice.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from transports.webrtc.media import (
     FRAME_SAMPLES,
     RTC_RATE,
     CallerAudio,
-    MediaClock,
+    FrameClock,
     downmix,
     reply_frame,
 )
@@ -23,7 +23,7 @@ MS = 1_000_000
 START = 5_000_000_000_000  # an arbitrary monotonic origin
 
 
-def run_clock(clock: MediaClock, frames: int, late_ns: int = 0) -> list[tuple[int, int]]:
+def run_clock(clock: FrameClock, frames: int, late_ns: int = 0) -> list[tuple[int, int]]:
     """Drive the clock as a sender would: ask, 'sleep' until due (plus a lateness)."""
     now, out = START, []
     for _ in range(frames):
@@ -35,20 +35,20 @@ def run_clock(clock: MediaClock, frames: int, late_ns: int = 0) -> list[tuple[in
 
 def test_ten_minutes_of_frames_end_exactly_ten_minutes_after_the_start() -> None:
     frames = 10 * 60 * 1000 // 20
-    ticks = run_clock(MediaClock(), frames, late_ns=1 * MS // 3)  # every wake-up a bit late
+    ticks = run_clock(FrameClock(), frames, late_ns=1 * MS // 3)  # every wake-up a bit late
     assert [pts for pts, _ in ticks] == [i * FRAME_SAMPLES for i in range(frames)]
     assert ticks[-1][1] - ticks[0][1] == (frames - 1) * 20 * MS  # no drift at all
     assert all(due == START + i * 20 * MS for i, (_, due) in enumerate(ticks))
 
 
 def test_frames_are_due_one_frame_apart_so_there_is_no_burst() -> None:
-    ticks = run_clock(MediaClock(), 500)
+    ticks = run_clock(FrameClock(), 500)
     gaps = {b[1] - a[1] for a, b in zip(ticks, ticks[1:], strict=False)}
     assert gaps == {20 * MS}
 
 
 def test_a_stall_skips_the_missed_frames_instead_of_bursting_them() -> None:
-    clock = MediaClock(max_lag_ns=60 * MS)
+    clock = FrameClock(max_lag_ns=60 * MS)
     now = START
     for _ in range(10):
         _, due = clock.tick(now)
@@ -62,7 +62,7 @@ def test_a_stall_skips_the_missed_frames_instead_of_bursting_them() -> None:
 
 
 def test_a_small_lag_is_caught_up_without_skipping() -> None:
-    clock = MediaClock(max_lag_ns=60 * MS)
+    clock = FrameClock(max_lag_ns=60 * MS)
     clock.tick(START)
     pts, due = clock.tick(START + 50 * MS)  # 30 ms late for frame 1: within the bound
     assert pts == FRAME_SAMPLES and due == START + 20 * MS

@@ -33,7 +33,7 @@ from transports.sip.uac import ALLOW, Credentials, place_call
 from voice.clock import Clock
 from voice.errors import ConfigError, ProtocolError, SipError
 from voice.events import Event
-from voice.session import PipelineFactory
+from voice.session import FactoryLookup, PipelineFactory
 from voice.settings import Settings
 from wire.rtp.plan import MediaPlan
 from wire.sip.auth import DigestVerifier
@@ -51,7 +51,6 @@ from wire.sip.transaction import Address, ServerTransaction
 
 log = logging.getLogger(__name__)
 
-FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
 
 

@@ -19,7 +19,7 @@ FRAME_SAMPLES = RTC_RATE * FRAME_MS // 1000  # 960
 FRAME_BYTES = FRAME_SAMPLES * 2
 
 
-class MediaClock:
+class FrameClock:
     """When each outgoing frame is due, and its RTP-style timestamp (pts, in samples).
 
     The first `tick(now)` anchors the clock. If the sender falls behind by more than

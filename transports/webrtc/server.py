@@ -33,7 +33,7 @@ from transports.webrtc.tracks import frame_samples, next_audio
 from voice.clock import Clock
 from voice.errors import CapacityError, MessageTooLarge, ProtocolError
 from voice.events import ErrorOccurred, Event, Pong, SessionCreated
-from voice.session import PipelineFactory, Session
+from voice.session import FactoryLookup, PipelineFactory, Session
 from voice.settings import Settings
 from wire.rtc_signalling import (
     CLOSE_NORMAL,
@@ -56,7 +56,6 @@ from wire.websocket import (
 
 log = logging.getLogger(__name__)
 
-FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
 CLOSE_TIMEOUT_S = 2.0
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from transports.webrtc.media import FRAME_SAMPLES, RTC_RATE, MediaClock, reply_frame
+from transports.webrtc.media import FRAME_SAMPLES, RTC_RATE, FrameClock, reply_frame
 from voice.audio import Int16Array
 from voice.clock import Clock
 
@@ -43,12 +43,12 @@ class PacedAudioTrack(MediaStreamTrack):
         super().__init__()
         self._source = source
         self._clock = clock
-        self.media_clock = MediaClock()
+        self.frame_clock = FrameClock()
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        pts, due_ns = self.media_clock.tick(self._clock.now_ns())
+        pts, due_ns = self.frame_clock.tick(self._clock.now_ns())
         delay_ns = due_ns - self._clock.now_ns()
         if delay_ns > 0:
             await asyncio.sleep(delay_ns / 1e9)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -18,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from voice.clock import Clock
 from voice.errors import CapacityError, MessageTooLarge, ProtocolError
 from voice.events import ErrorOccurred, Event, Pong, SessionCreated
-from voice.session import PipelineFactory, Session
+from voice.session import FactoryLookup, PipelineFactory, Session
 from voice.settings import Settings
 from wire.websocket import (
     CLOSE_IDLE,
@@ -36,7 +35,6 @@ from wire.websocket import (
 
 log = logging.getLogger(__name__)
 
-FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
 
 
 class _EndSession(Exception):

@@ -17,9 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from voice.audio import OPENAI_PCM_RATE
 from voice.errors import ProtocolError
 
-PROVIDER_RATE = 24000  # GA `audio/pcm` is 16-bit mono little-endian at 24 kHz, only
+PROVIDER_RATE = OPENAI_PCM_RATE  # GA `audio/pcm`: 16-bit mono little-endian, 24 kHz only
 TurnDetection = Literal["server_vad", "semantic_vad", "local"]
 
 # Every server event type of `openai.types.realtime.RealtimeServerEvent`
