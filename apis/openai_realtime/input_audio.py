@@ -22,16 +22,9 @@ import numpy as np
 from apis.openai_realtime.session_config import RATE, TurnDetection
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler, pcm16_bytes_to_array
 from voice.settings import Settings
-from voice.turntaking.detector import (
-    EndOfTurnPolicy,
-    FixedSilence,
-    SpeechResumed,
-    TurnDetector,
-    TurnEvent,
-    frames_of,
-)
-from voice.turntaking.endpointing import CallerPauses, build_policy
-from voice.turntaking.vad import FrameClassifier
+from voice.turntaking.detector import EndOfTurnPolicy, FixedSilence, TurnEvent
+from voice.turntaking.endpointing import EAGER_MAX_WAIT_MS, CallerPauses, build_policy
+from voice.turntaking.listener import Listener, TurnConfig
 
 NS_PER_SAMPLE = 1_000_000_000 // PIPELINE_RATE
 
@@ -44,26 +37,23 @@ class InputAudio:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._to_pipeline = StreamResampler(RATE, PIPELINE_RATE)
-        self._pending = np.zeros(0, dtype=np.int16)
         self._buffer: deque[Int16Array] = deque()
         self._buffered = 0
         self._max_buffered = int(settings.max_turn_s * PIPELINE_RATE)
         self.position = 0  # 16 kHz samples received this session
-        self.detector: TurnDetector | None = None
+        self.listener: Listener | None = None
         self.detection: TurnDetection | None = None
         self._pauses = CallerPauses()
 
     def configure(self, detection: TurnDetection | None) -> None:
         """(Re)start the server VAD for new settings; None turns it off."""
-        if detection == self.detection and (detection is None) == (self.detector is None):
+        if detection == self.detection and (detection is None) == (self.listener is None):
             return
         self.detection = detection
-        self.detector = None
+        self.listener = None
         if detection is not None:
-            s = self._settings
-            classifier = FrameClassifier(s.vad_aggressiveness, s.vad_frame_ms)
-            self.detector = TurnDetector(classifier, self._policy(detection), s.min_speech_ms,
-                                         s.max_turn_s)
+            self.listener = Listener(TurnConfig.from_settings(self._settings), PIPELINE_RATE,
+                                     self._policy(detection), self._pauses)
 
     def _policy(self, detection: TurnDetection) -> EndOfTurnPolicy:
         if detection.type == "server_vad":
@@ -72,30 +62,26 @@ class InputAudio:
         if detection.eagerness == "low":
             return build_policy("patient", 0, 0, s.silence_ms, self._pauses)
         if detection.eagerness == "high":
-            return build_policy("default", s.min_wait_ms, 500, s.silence_ms, self._pauses)
+            return build_policy("default", s.min_wait_ms, EAGER_MAX_WAIT_MS, s.silence_ms,
+                                self._pauses)
         return build_policy(s.turn_preset, s.min_wait_ms, s.max_wait_ms, s.silence_ms,
                             self._pauses)
 
     def note_transcript(self, speech_end_ns: int, text: str | None) -> None:
         """The speculative transcript of the turn up to `speech_end_ns` (semantic VAD)."""
-        if self.detector is not None:
-            self.detector.set_transcript(speech_end_ns, text or "")
+        if self.listener is not None:
+            self.listener.set_transcript(speech_end_ns, text or "")
 
     def append(self, pcm: bytes) -> list[TurnEvent]:
         samples = self._to_pipeline.process(pcm16_bytes_to_array(pcm))
         self._keep(samples)
-        if self.detector is None:
+        if self.listener is None:
             self.position += len(samples)
             return []
-        self._pending = np.concatenate([self._pending, samples])
-        frames, self._pending = frames_of(self._pending, self.detector.frame_samples)
         events: list[TurnEvent] = []
-        for frame in frames:
+        for frame in self.listener.frames(samples):  # stamped in audio time
             self.position += len(frame)
-            events.extend(self.detector.push(frame, self.position * NS_PER_SAMPLE))
-        for event in events:
-            if isinstance(event, SpeechResumed):
-                self._pauses.record(event.pause_ms)
+            events.extend(self.listener.hear(frame, self.position * NS_PER_SAMPLE))
         return events
 
     def _keep(self, samples: Int16Array) -> None:

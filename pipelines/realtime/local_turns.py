@@ -9,7 +9,8 @@ everything until the turn ends. The turn's audio is also kept here, at the provi
 rate, so that a turn that began over a reply can be held back until it is judged,
 and a continuation can send the previous turn again with the new one. `TurnReader`
 transcribes the turn so far with the local STT at each pause: the policy reads that
-transcript, and it decides whether a turn over a reply held words.
+transcript, and the floor (`voice.turntaking.floor`, the cascade's rules) judges by it
+whether a turn over a reply held words. The `Listener` is the cascade's too.
 """
 
 from __future__ import annotations
@@ -17,44 +18,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipelines.providers.stt import SpeechToText, hallucination_reason
-from pipelines.realtime.options import RealtimeOptions
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
 from voice.errors import ProviderError
-from voice.turntaking.detector import SpeechPaused, TurnDetector, TurnEnded, TurnEvent, frames_of
-from voice.turntaking.endpointing import CallerPauses, build_policy
+from voice.turntaking.detector import SpeechPaused, TurnEnded, frames_of
+from voice.turntaking.floor import UNKNOWN
+from voice.turntaking.listener import Listener, TurnConfig
 from voice.turntaking.prosody import final_pitch_ratio
 from voice.turntaking.vad import FrameClassifier
 
 log = logging.getLogger(__name__)
 
 PREROLL_MS = 400
-JOIN_GAP_MS = 300  # silence put between the parts of a continued utterance
-JUDGE_TIMEOUT_S = 2.0  # longest wait for a contested turn's transcript at its end
 
 Spawn = Callable[[Coroutine[Any, Any, str | None], str], "asyncio.Task[str | None]"]
 
 
 class LocalTurns:
-    def __init__(self, options: RealtimeOptions, session_rate: int,
-                 provider_rate: int) -> None:
-        o = options
-        classifier = FrameClassifier(o.vad_aggressiveness, o.vad_frame_ms)
-        self.pauses = CallerPauses()
-        policy = build_policy(o.turn_preset, o.min_wait_ms, o.max_wait_ms, o.silence_ms,
-                              self.pauses)
-        self._detector = TurnDetector(classifier, policy, o.min_speech_ms, o.max_turn_s,
-                                      onset_ms=o.barge_in_pause_ms)
-        self._frame_ms = o.vad_frame_ms
-        self._provider_rate = provider_rate
-        self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
-        self._pending = np.zeros(0, dtype=np.int16)
+    def __init__(self, config: TurnConfig, session_rate: int, provider_rate: int) -> None:
+        self.listener = Listener(config, session_rate)
         self._preroll: deque[Int16Array] = deque()
         self._preroll_samples = 0
         self._max_preroll = provider_rate * PREROLL_MS // 1000
@@ -62,31 +50,7 @@ class LocalTurns:
 
     @property
     def in_turn(self) -> bool:
-        return self._detector.in_turn
-
-    @property
-    def speech_ms(self) -> float:
-        return self._detector.speech_ms
-
-    def set_transcript(self, speech_end_ns: int, text: str, pitch: float | None) -> None:
-        self._detector.set_transcript(speech_end_ns, text, pitch)
-
-    def push(self, samples: Int16Array, arrival_ns: int) -> list[TurnEvent]:
-        self._pending = np.concatenate([self._pending, self._to_pipeline.process(samples)])
-        frames, self._pending = frames_of(self._pending, self._detector.frame_samples)
-        events: list[TurnEvent] = []
-        for frame in frames:
-            events.extend(self._detector.push(frame, arrival_ns))
-        return events
-
-    def push_silence(self, ms: int, now_ns: int) -> list[TurnEvent]:
-        """The caller stopped sending mid-turn: count the gap as silence."""
-        events: list[TurnEvent] = []
-        for _ in range(ms // self._frame_ms):
-            if not self._detector.in_turn:
-                break
-            events.extend(self._detector.push_filler(now_ns))
-        return events
+        return self.listener.in_turn
 
     def keep(self, provider_samples: Int16Array) -> None:
         """Audio heard while idle, at the provider's rate: the next turn's pre-roll."""
@@ -108,13 +72,9 @@ class LocalTurns:
     def add_to_turn(self, provider_samples: Int16Array) -> None:
         self._turn.append(provider_samples)
 
-    def turn_audio(self, carry: Int16Array | None = None) -> Int16Array:
-        """The turn's audio so far, after `carry` (a previous turn it continues)."""
-        parts = list(self._turn)
-        if carry is not None and carry.size:
-            gap = np.zeros(self._provider_rate * JOIN_GAP_MS // 1000, dtype=np.int16)
-            parts = [carry, gap, *parts]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+    def turn_audio(self) -> Int16Array:
+        """The turn's audio so far, at the provider's rate."""
+        return np.concatenate(self._turn) if self._turn else np.zeros(0, dtype=np.int16)
 
 
 @dataclass
@@ -126,11 +86,11 @@ class _Guess:
 class TurnReader:
     """The local STT's reading of the turn so far, started at each pause: the
     end-of-turn policy reads it (with the final pitch), and a turn that began over a
-    reply is judged by it at its end (`judge`)."""
+    reply is judged by it at its end (`heard`, for the floor's judge)."""
 
-    def __init__(self, turns: LocalTurns, stt: SpeechToText | None,
+    def __init__(self, listener: Listener, stt: SpeechToText | None,
                  no_speech_threshold: float, spawn: Spawn) -> None:
-        self._turns = turns
+        self._listener = listener
         self._stt = stt
         self._no_speech_threshold = no_speech_threshold
         self._spawn = spawn
@@ -148,7 +108,7 @@ class TurnReader:
             self._guess.task.cancel()
             self._guess = None
 
-    async def judge(self, event: TurnEnded, turn_id: int) -> str | None:
+    def heard(self, event: TurnEnded, turn_id: int) -> Awaitable[str | None]:
         """What the caller said in this turn (None: no words). The pause's reading
         serves if it read this very turn; otherwise the turn is read now."""
         guess = self._guess
@@ -156,12 +116,7 @@ class TurnReader:
             self.cancel()
             guess = self._guess = self._start(event.speech_end_ns, event.audio, turn_id,
                                               "judge")
-        try:
-            async with asyncio.timeout(JUDGE_TIMEOUT_S):
-                return await asyncio.shield(guess.task)
-        except TimeoutError:
-            log.warning("turn %d: no transcript to judge the barge-in by", turn_id)
-            return "(unknown)"  # treated as words: better to stop than to talk over
+        return asyncio.shield(guess.task)
 
     def _start(self, speech_end_ns: int, audio: Int16Array, turn_id: int,
                what: str) -> _Guess:
@@ -176,12 +131,12 @@ class TurnReader:
             transcript = await self._stt.transcribe(audio)
         except ProviderError as exc:
             log.warning("turn %d: local transcription failed: %s", turn_id, exc)
-            return "(unknown)"
+            return UNKNOWN
         text = (None if hallucination_reason(transcript, self._no_speech_threshold)
                 else transcript.text)
         guess = self._guess
         if guess is not None and guess.speech_end_ns == speech_end_ns:
-            self._turns.set_transcript(speech_end_ns, text or "", self._final_pitch)
+            self._listener.set_transcript(speech_end_ns, text or "", self._final_pitch)
         return text
 
 

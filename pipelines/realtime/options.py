@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voice.settings import Settings
+from voice.turntaking.listener import TurnConfig
 from wire.openai_realtime import server_events as rt
 
 
@@ -32,6 +33,16 @@ class RealtimeOptions:
     barge_in_confirm_ms: int = 900
     continuation_window_ms: int = 1000
     no_speech_threshold: float = 0.6
+
+    def turn_config(self) -> TurnConfig:
+        return TurnConfig(
+            vad_aggressiveness=self.vad_aggressiveness, vad_frame_ms=self.vad_frame_ms,
+            min_speech_ms=self.min_speech_ms, max_turn_s=self.max_turn_s,
+            turn_preset=self.turn_preset, min_wait_ms=self.min_wait_ms,
+            max_wait_ms=self.max_wait_ms, silence_ms=self.silence_ms,
+            barge_in_pause_ms=self.barge_in_pause_ms,
+            barge_in_confirm_ms=self.barge_in_confirm_ms,
+            continuation_window_ms=self.continuation_window_ms)
 
     @classmethod
     def from_settings(cls, s: Settings) -> RealtimeOptions:

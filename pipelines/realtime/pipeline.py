@@ -57,9 +57,9 @@ from voice.events import (
     SpeechStopped,
 )
 from voice.latency import TurnTimeline
+from voice.playout import Playout
 from voice.resilience import CircuitBreaker
 from voice.session import SessionIO
-from voice.turntaking.backchannel import is_backchannel
 from voice.turntaking.detector import (
     OnsetAbandoned,
     SpeechOnset,
@@ -69,12 +69,13 @@ from voice.turntaking.detector import (
     TurnEvent,
     TurnStarted,
 )
+from voice.turntaking.floor import Floor, Verdict
+from voice.turntaking.listener import STARVATION_S
 from wire.openai_realtime import client_events as ce
 from wire.openai_realtime import server_events as rt
 
 log = logging.getLogger(__name__)
 
-STARVATION_S = 0.1  # no audio this long inside a turn counts as silence
 PREFIX_PADDING_MS = 300  # what session_update asks of server VAD
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 
@@ -95,17 +96,15 @@ class RealtimePipeline:
         self._unheard = UnheardAudio(io.sample_rate)  # while not connected
         self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
         self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
-        self._local = (LocalTurns(options, io.sample_rate, rt.PROVIDER_RATE)
+        self._local = (LocalTurns(options.turn_config(), io.sample_rate, rt.PROVIDER_RATE)
                        if options.turn_detection == "local" else None)
         self._speech_ends = (SpeechEnds(options.vad_aggressiveness, options.vad_frame_ms,
                                         io.sample_rate) if self._local is None else None)
         self._streaming = False  # local VAD: the current turn's audio is being kept
-        self._contested = False  # local VAD: this turn began over a reply, verdict pending
-        self._reader = (TurnReader(self._local, stt, options.no_speech_threshold, self._spawn)
-                        if self._local is not None else None)
-        self._last_turn: tuple[Int16Array, int] | None = None  # (provider audio, start)
-        self._last_turn_end_ns = 0
-        self._carry: tuple[Int16Array, int] | None = None  # the turn this one continues
+        self._floor = Floor(self, options.barge_in_confirm_ms, options.continuation_window_ms,
+                            rt.PROVIDER_RATE)  # local VAD: speech over a reply
+        self._reader = (TurnReader(self._local.listener, stt, options.no_speech_threshold,
+                                   self._spawn) if self._local is not None else None)
         self._speaking = False  # provider VAD: between speech_started and speech_stopped
         o = options
         self._link = ProviderLink(
@@ -123,6 +122,10 @@ class RealtimePipeline:
         self._tasks: asyncio.TaskGroup | None = None
 
     # -- the Pipeline protocol ---------------------------------------------------------
+    @property
+    def playout(self) -> Playout:
+        return self._io.playout
+
     def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
         if self._delegate is not None:
             self._delegate.push_audio(samples, arrival_ns)
@@ -239,15 +242,15 @@ class RealtimePipeline:
             if self._local is None:
                 await self._send_input(provider_samples, arrival_ns)
             else:
-                await self._on_local(self._local.push(samples, arrival_ns), provider_samples,
-                                     arrival_ns)
+                await self._on_local(self._local.listener.push(samples, arrival_ns),
+                                     provider_samples, arrival_ns)
 
     async def _fill_starved_gap(self) -> None:
         """The caller stopped sending mid-turn: the gap counts as silence (as in the
         cascade), so that the turn can end."""
         now, ms = self._clock.now_ns(), int(STARVATION_S * 1000)
         if self._local is not None:
-            await self._on_local(self._local.push_silence(ms, now), None, now)
+            await self._on_local(self._local.listener.push_silence(ms, now), None, now)
         else:
             await self._send_input(np.zeros(rt.PROVIDER_RATE * ms // 1000, np.int16), now)
 
@@ -267,26 +270,23 @@ class RealtimePipeline:
         assert local is not None and reader is not None
         for event in events:
             if isinstance(event, SpeechOnset):
-                if self._reply_playing() and self._io.playout.speaking:
-                    self._io.playout.pause()
+                self._floor.onset()
             elif isinstance(event, OnsetAbandoned):
-                if not self._contested:
-                    self._io.playout.resume()
+                self._floor.onset_abandoned()
             elif isinstance(event, TurnStarted):
                 await self._local_turn_started(event.speech_start_ns)
             elif isinstance(event, SpeechPaused):
                 reader.paused(event, self._turn_id)
             elif isinstance(event, SpeechResumed):
-                local.pauses.record(event.pause_ms)
                 reader.cancel()
         if samples is not None:
             if not self._streaming:
                 local.keep(samples)
             else:
                 local.add_to_turn(samples)
-                if not self._contested:
+                if not self._floor.contested:
                     await self._send_input(samples, arrival_ns)
-        if self._contested and local.speech_ms >= self._options.barge_in_confirm_ms:
+        if self._floor.speech_confirms(local.listener.speech_ms):
             await self._confirm_contested("long speech")
         for event in events:
             if isinstance(event, TurnEnded):
@@ -294,37 +294,29 @@ class RealtimePipeline:
 
     async def _local_turn_started(self, speech_start_ns: int) -> None:
         assert self._local is not None
-        self._contested = self._reply_playing()
-        if self._contested:
-            self._io.playout.pause()
-        self._carry = None
+        contested = self._floor.turn_started(speech_start_ns)
         await self._start_turn(speech_start_ns, interrupt=False)
         preroll = self._local.begin_turn()
         self._streaming = True
-        if not self._contested:
+        if not contested:
             await self._link.send(ce.input_audio_clear())
             await self._send_input(preroll, speech_start_ns)
 
     async def _local_turn_ended(self, event: TurnEnded) -> None:
         assert self._local is not None and self._reader is not None
-        if self._contested:
-            heard = await self._reader.judge(event, self._turn_id)
-            if is_backchannel(heard):
-                log.info("turn %d: not a barge-in (%r); the reply goes on", self._turn_id,
-                         heard)
-                self._contested = self._streaming = False
+        if self._floor.contested:
+            heard = await self._floor.judge(self._reader.heard(event, self._turn_id),
+                                            self._turn_id)
+            if self._floor.dismisses(heard, self._turn_id):
+                self._streaming = False
                 self._timeline = None
-                self._io.playout.resume()
                 return
             await self._confirm_contested(f"words: {heard!r}")
         self._reader.cancel()
         self._streaming = False
-        start = self._carry[1] if self._carry else event.speech_start_ns
-        self._last_turn = (self._local.turn_audio(self._carry[0] if self._carry else None),
-                           start)
-        self._conversation.committed_audio(self._turn_id,
-                                           len(self._last_turn[0]) * 1000 / rt.PROVIDER_RATE)
-        self._last_turn_end_ns = event.turn_end_ns
+        audio = self._floor.joined(self._local.turn_audio())
+        self._floor.turn_ended(audio, event.turn_end_ns)
+        self._conversation.committed_audio(self._turn_id, len(audio) * 1000 / rt.PROVIDER_RATE)
         self._end_turn(event.speech_end_ns, event.turn_end_ns)
         self._conversation.mark()
         if not (await self._link.send(ce.input_audio_commit())
@@ -337,34 +329,24 @@ class RealtimePipeline:
         """The turn over the reply is real: it interrupts the reply, or continues the
         previous turn; either way its audio so far now goes to the provider."""
         assert self._local is not None
-        self._contested = False
-        reply, last = self._reply, self._last_turn
-        since_last_end = (self._timeline.stamps.get("speech_start", 0) if self._timeline
-                          else 0) - self._last_turn_end_ns
-        if (reply is not None and last is not None
-                and since_last_end <= self._options.continuation_window_ms * 1_000_000):
-            log.info("turn %d continues turn %d (%s)", self._turn_id, reply.turn_id, why)
-            self._carry = last
-            await self.interrupt("continuation", forget=True)
-            if self._timeline is not None:
-                self._timeline.stamps["speech_start"] = last[1]
-        else:
-            log.info("turn %d interrupts the reply (%s)", self._turn_id, why)
-            await self.interrupt("barge_in")
+        replying_to = self._reply.turn_id if self._reply is not None else None
+        verdict = await self._floor.confirm(why, self._turn_id, replying_to)
+        if verdict is Verdict.CONTINUATION and self._timeline is not None:
+            self._timeline.stamps["speech_start"] = self._floor.speech_start_ns
         await self._link.send(ce.input_audio_clear())
-        audio = self._local.turn_audio(self._carry[0] if self._carry else None)
+        audio = self._floor.joined(self._local.turn_audio())
         await self._send_input(audio, self._clock.now_ns())
 
     def _spawn(self, coro: Coroutine[Any, Any, str | None], what: str) -> asyncio.Task[str | None]:
         assert self._tasks is not None
         return self._tasks.create_task(coro, name=f"realtime-turn-{self._turn_id}-{what}")
 
-    def _reply_playing(self) -> bool:
+    def reply_playing(self) -> bool:
         return self._reply is not None and not self._reply.finished
 
     # -- turns -------------------------------------------------------------------------------
     async def _start_turn(self, speech_start_ns: int | None, interrupt: bool = True) -> None:
-        if interrupt and self._reply_playing():
+        if interrupt and self.reply_playing():
             await self.interrupt("barge_in")
         self._turn_id += 1
         self._timeline = TurnTimeline(self._turn_id)

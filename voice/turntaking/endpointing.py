@@ -58,6 +58,8 @@ PRESETS = {
 }
 
 
+EAGER_MAX_WAIT_MS = 500  # semantic VAD with eagerness "high": the longest wait
+
 LEVEL_PITCH = 0.85  # final pitch / median pitch at or above this: not a final fall
 
 
