@@ -27,7 +27,6 @@ from apis.openai_realtime.conversation import (
     item_from_client,
     new_item_id,
 )
-from apis.openai_realtime.generation import Generation, transcribe
 from apis.openai_realtime.input_audio import InputAudio, audio_ms
 from apis.openai_realtime.responses import (
     ResponseOptions,
@@ -37,8 +36,9 @@ from apis.openai_realtime.responses import (
     error_event,
     event,
 )
-from apis.openai_realtime.session_config import SessionConfig, TurnDetection, apply_update
+from apis.openai_realtime.session_config import RATE, SessionConfig, TurnDetection, apply_update
 from pipelines.providers.models import CascadeModels
+from pipelines.reply_engine import Generation, transcribe
 from voice.audio import Int16Array
 from voice.errors import ProviderError
 from voice.settings import Settings
@@ -310,10 +310,9 @@ class RealtimeApiConnection:
             return messages + ([{"role": "user", "content": heard}] if heard else [])
 
         generation = Generation(
-            self._models, messages_for, audio,
+            self._models, messages_for, audio, RATE, self._settings.stt_no_speech_threshold,
             speak="audio" in self.config.output_modalities if speak is None else speak,
-            no_speech_threshold=self._settings.stt_no_speech_threshold, speech_end=speech_end,
-            on_transcript=on_transcript)
+            speech_end=speech_end, on_transcript=on_transcript, label=f"realtime api {self.id}")
         assert self._tasks is not None
         task = self._tasks.create_task(self._after_transcriptions(generation),
                                        name=f"{self.id}-generation")

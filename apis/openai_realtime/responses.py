@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from apis.openai_realtime.conversation import Conversation, Item, new_item_id
-from apis.openai_realtime.generation import (
+from apis.openai_realtime.session_config import PCM_FORMAT, RATE
+from pipelines.reply_engine import (
     Completed,
     Failed,
     Generation,
@@ -30,7 +31,6 @@ from apis.openai_realtime.generation import (
     Said,
     Voiced,
 )
-from apis.openai_realtime.session_config import PCM_FORMAT, RATE
 from voice.audio import Int16Array
 from voice.tasks import cancel_and_wait
 from wire.openai_realtime.client_events import RealtimeApiError

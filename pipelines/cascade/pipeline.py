@@ -25,8 +25,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from pipelines.cascade.reply import Reply, ReplyContext
 from pipelines.providers.models import CascadeModels
-from pipelines.reply import Reply, ReplyContext
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
 from voice.clock import Clock
 from voice.events import (

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pipelines.providers.tts import TextToSpeech
 from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.provider_reply import ProviderReply
-from pipelines.reply import APOLOGY
+from pipelines.reply_engine import APOLOGY
 from voice.audio import array_to_pcm16_bytes, resample
 from voice.errors import ProviderError
 from voice.events import ResponseDone, TurnLatency

@@ -18,11 +18,11 @@ from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from apis.openai_realtime.conversation import Conversation, Item, item_from_client
-from apis.openai_realtime.generation import Completed, Failed, Heard, Said, Voiced
 from apis.openai_realtime.input_audio import InputAudio, audio_ms
 from apis.openai_realtime.responses import ResponseOptions, ResponseRun
 from apis.openai_realtime.session_config import SessionConfig, TurnDetection, apply_update
 from clients.audiofile import load_audio, voiced_bounds
+from pipelines.reply_engine import Completed, Failed, Heard, Said, Voiced
 from tests.strategies import hostile_events
 from voice.errors import ProviderError
 from voice.settings import Settings

@@ -1,0 +1,186 @@
+"""The reply engine: how one reply is made from the cascade's models, for every path that
+answers with them (the cascade pipeline, the /v1/realtime endpoint).
+
+A `Generation` transcribes the caller's turn (when it has one), streams the LLM and
+speaks the reply sentence by sentence, putting typed outputs in order into its
+outbox: `Heard` (the caller's words, or None when Whisper heard noise or
+hallucinated), `Said` (LLM text deltas), `Voiced` (reply audio at `output_rate`, with
+the words it speaks), `Failed`, and `Completed` last. It may run *speculatively*:
+whoever started it reads the outbox only once the turn is confirmed, so a confirmed
+turn finds its transcript, first words and first audio ready; cancelling it leaves no
+trace. A `gate` holds the LLM back after the transcript (while a turn over a reply is
+judged, the history it would read may still change). When a provider fails, an
+`apology` (if given) is spoken after the `Failed` output. The latency stamps of the
+turn timeline are reported through `stamp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipelines.providers.llm import TURN_TRACE, Message, ProviderTrace
+from pipelines.providers.models import CascadeModels
+from pipelines.providers.stt import hallucination_reason
+from pipelines.sentences import SentenceSplitter, clean_for_speech
+from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
+from voice.errors import ProviderError
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, I'm having trouble answering right now. Please try again."
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The caller's words (None: dropped as noise or a Whisper hallucination)."""
+
+    text: str | None
+    dropped: str = ""  # why, when text is None
+
+
+@dataclass(frozen=True)
+class Said:
+    text: str  # an LLM text delta
+
+
+@dataclass(frozen=True)
+class Voiced:
+    pcm: bytes  # reply audio at the generation's output rate
+    text: str = ""  # the words it speaks ("" for an apology, which is not the reply)
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: ProviderError
+
+
+@dataclass(frozen=True)
+class Completed:
+    pass
+
+
+Output = Heard | Said | Voiced | Failed | Completed
+MessagesFor = Callable[[str | None], list[Message]]  # the prompt, given the caller's words
+
+
+def _no_stamp(stamp: str) -> None:
+    pass
+
+
+@dataclass
+class Generation:
+    models: CascadeModels
+    messages_for: MessagesFor
+    audio: Int16Array | None  # the turn at 16 kHz; None: answer the conversation as it is
+    output_rate: int
+    no_speech_threshold: float
+    speak: bool = True
+    speech_end: int = 0  # which turn audio a speculation was started on
+    on_transcript: Callable[[str | None], None] | None = None  # told at once, before release
+    stamp: Callable[[str], None] = _no_stamp
+    gate: asyncio.Event | None = None
+    apology: str | None = None
+    outbox: asyncio.Queue[Output] = field(default_factory=asyncio.Queue)
+    transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # STT done or failed
+    heard: str | None = None
+    trace: ProviderTrace = field(default_factory=ProviderTrace)  # which LLM endpoint served
+    label: str = "reply"  # for the log: "turn 3"
+    _first_audio: bool = True
+
+    async def run(self) -> None:
+        try:
+            heard: str | None = None
+            if self.audio is not None:
+                try:
+                    heard, dropped = await self._transcribe(self.audio)
+                finally:
+                    self.transcribed.set()
+                self.heard = heard
+                if self.on_transcript is not None:
+                    self.on_transcript(heard)
+                self.outbox.put_nowait(Heard(heard, dropped))
+            if self.audio is None or heard is not None:
+                if self.gate is not None:
+                    await self.gate.wait()
+                await self._generate(self.messages_for(heard))
+        except ProviderError as exc:
+            log.warning("%s: %s failed: %s", self.label, exc.provider, exc)
+            self.outbox.put_nowait(Failed(exc))
+            if self.apology:
+                await self._apologize(self.apology)
+        self.outbox.put_nowait(Completed())
+
+    async def _transcribe(self, audio: Int16Array) -> tuple[str | None, str]:
+        transcript = await self.models.stt.transcribe(audio)
+        self.stamp("stt_final")
+        reason = hallucination_reason(transcript, self.no_speech_threshold)
+        if reason is not None:
+            return None, f"{reason}: {transcript.text!r}"
+        return transcript.text, ""
+
+    async def _apologize(self, text: str) -> None:
+        try:
+            await self._voice(text, record=False)
+        except ProviderError as exc:  # TTS itself is down: the error must do
+            log.warning("%s: cannot speak the apology: %s", self.label, exc)
+
+    async def _generate(self, messages: list[Message]) -> None:
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        failure: ProviderError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.speak:
+                    tg.create_task(self._speak_pieces(pieces), name="reply-tts")
+                try:
+                    await self._stream_llm(messages, pieces)
+                except ProviderError as exc:
+                    failure = exc
+                finally:
+                    pieces.put_nowait(None)
+        except* ProviderError as group:  # the TTS failed inside the group
+            failure = failure or next(e for e in group.exceptions if isinstance(e, ProviderError))
+        if failure is not None:
+            raise failure
+
+    async def _stream_llm(self, messages: list[Message], pieces: asyncio.Queue[str | None]) -> None:
+        splitter = SentenceSplitter()
+        TURN_TRACE.set(self.trace)  # this task's context: the LLM chain reports into it
+        async for delta in self.models.llm.stream(messages):
+            self.stamp("llm_first_token")
+            self.outbox.put_nowait(Said(delta))
+            for piece in splitter.push(delta):
+                pieces.put_nowait(piece)
+        for piece in splitter.flush():
+            pieces.put_nowait(piece)
+
+    async def _speak_pieces(self, pieces: asyncio.Queue[str | None]) -> None:
+        while (piece := await pieces.get()) is not None:
+            await self._voice(piece)
+
+    async def _voice(self, text: str, record: bool = True) -> None:
+        spoken = clean_for_speech(text)
+        if not spoken:
+            return
+        self.stamp("tts_first_text")
+        tts = self.models.tts
+        samples = await tts.synthesize(spoken)
+        if self._first_audio:
+            samples = trim_leading_silence(samples, tts.sample_rate)
+            self._first_audio = False
+        self.stamp("tts_first_audio")
+        pcm = array_to_pcm16_bytes(resample(samples, tts.sample_rate, self.output_rate))
+        self.outbox.put_nowait(Voiced(pcm, text if record else ""))
+
+
+async def transcribe(models: CascadeModels, audio: Int16Array,
+                     no_speech_threshold: float) -> str | None:
+    """The words in `audio` (16 kHz), or None if Whisper heard none worth keeping."""
+    transcript = await models.stt.transcribe(audio)
+    reason = hallucination_reason(transcript, no_speech_threshold)
+    if reason is not None:
+        log.info("transcript dropped (%s): %r", reason, transcript.text)
+        return None
+    return transcript.text

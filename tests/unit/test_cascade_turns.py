@@ -1,0 +1,84 @@
+"""The cascade's turn-taking rules, driven through the pipeline harness (tests/harness.py):
+real speech clips paced in real time, the real VAD, detector and floor, scripted
+models. These rules were only tested end to end before."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import (
+    DATA,
+    TURN_TAKING,
+    PipelineHarness,
+    ScriptedLLM,
+    ScriptedSTT,
+    clip,
+    silence,
+)
+from voice.events import ResponseDone, ResponseInterrupted, SpeechStarted, TranscriptFinal
+
+pytestmark = pytest.mark.unit
+
+REPLY = ("Paris is sunny today with a light breeze from the west. It should stay dry "
+         "until the evening, when a few clouds come in from the sea.")
+
+
+WEATHER, STOP, UHHUH = (clip(DATA / "weather.wav"), clip(DATA / "stop.wav"),
+                        clip(TURN_TAKING / "b_uhhuh.wav"))
+PHONE, NAME = clip(TURN_TAKING / "p_phone.wav"), clip(DATA / "name.wav")
+
+
+async def test_a_backchannel_over_the_reply_does_not_stop_it() -> None:
+    harness = PipelineHarness(ScriptedSTT({"Uh-huh.": UHHUH,
+                                           "What is the weather like in Paris?": WEATHER}),
+                              ScriptedLLM(REPLY))
+    async with harness.running():
+        await harness.say(silence(300), WEATHER, silence(300))
+        await harness.until_playing()
+        await harness.say(silence(400), UHHUH)
+        done = await harness.wait_for(ResponseDone, timeout=20)
+    io = harness.io
+    assert len(io.of(SpeechStarted)) == 2  # the uh-huh was heard as speech ...
+    assert io.of(ResponseInterrupted) == []  # ... and did not interrupt
+    assert [t.text for t in io.of(TranscriptFinal)] == ["What is the weather like in Paris?"]
+    assert done[0].text.strip() == REPLY
+    asked = {m["content"] for prompt in harness.llm.prompts for m in prompt if m["role"] == "user"}
+    assert asked == {"What is the weather like in Paris?"}  # the uh-huh never reached it
+    assert not io.playout.paused
+
+
+async def test_words_over_the_reply_interrupt_it_and_history_keeps_what_was_heard() -> None:
+    harness = PipelineHarness(ScriptedSTT({"Wait, stop, I meant Tuesday.": STOP,
+                                           "What is the weather like in Paris?": WEATHER}),
+                              ScriptedLLM(REPLY))
+    async with harness.running():
+        await harness.say(silence(300), WEATHER, silence(300))
+        await harness.until_playing()
+        await harness.say(silence(1500))  # past the continuation window
+        await harness.say(STOP)
+        (interrupted,) = await harness.wait_for(ResponseInterrupted, timeout=20)
+        await harness.wait_for(ResponseDone, timeout=20)  # the answer to the interruption
+    assert interrupted.reason == "barge_in" and interrupted.played_ms > 0
+    second_prompt = harness.llm.prompts[-1]
+    assert second_prompt[-1] == {"role": "user", "content": "Wait, stop, I meant Tuesday."}
+    kept = [m["content"] for m in second_prompt if m["role"] == "assistant"]
+    assert kept == [interrupted.played_text] and REPLY.startswith(kept[0])
+    assert kept[0] != REPLY  # only what the caller heard
+
+
+async def test_speech_right_after_a_turn_continues_it_as_one_utterance() -> None:
+    harness = PipelineHarness(ScriptedSTT({"My phone number is five five five.": PHONE,
+                                           "My name is Alice.": NAME}), ScriptedLLM(REPLY))
+    async with harness.running():
+        await harness.say(silence(300), PHONE)
+        await harness.until_playing()  # the first part was answered ...
+        await harness.say(NAME)  # ... and the caller goes on at once
+        interrupted = await harness.wait_for(ResponseInterrupted, timeout=20)
+        await harness.wait_for(ResponseDone, timeout=20)
+    assert [i.reason for i in interrupted] == ["continuation"]
+    final = harness.llm.prompts[-1]
+    assert [m["content"] for m in final if m["role"] == "user"] == [
+        "My phone number is five five five. My name is Alice."]  # once, whole, in order
+    assert not [m for m in final if m["role"] == "assistant"]  # the cut reply is forgotten
+    assert [t.text for t in harness.io.of(TranscriptFinal)][-1] == (
+        "My phone number is five five five. My name is Alice.")
