@@ -11,6 +11,8 @@ belong to a call we placed. Calls are tasks of the bridge's TaskGroup; a failing
 is logged and hung up (an INVITE we could not answer gets 500), never taking the bridge
 down. Should a task of the bridge itself ever end, `failure` says why: OPTIONS and new
 INVITEs get 503 and the service's /readyz fails, so a dispatcher routes elsewhere.
+Who may call is `access.py`'s (allow-list, digest auth); calls we place are
+`outbound.py`'s.
 """
 
 from __future__ import annotations
@@ -24,42 +26,34 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from transports.sip.access import Access
 from transports.sip.call import CallOptions, SipCall
 from transports.sip.endpoint import SipEndpoint
 from transports.sip.media import RtpSocket, open_rtp_socket, parse_port_range
 from transports.sip.media_clock import MediaClock
+from transports.sip.outbound import Outbound
 from transports.sip.register import Registration
-from transports.sip.uac import ALLOW, Credentials, place_call
+from transports.sip.uac import ALLOW, Credentials
 from voice.clock import Clock
 from voice.errors import ConfigError, ProtocolError, SipError
 from voice.events import Event
 from voice.session import FactoryLookup, PipelineFactory
 from voice.settings import Settings
 from wire.rtp.plan import MediaPlan
-from wire.sip.auth import DigestVerifier
 from wire.sip.dialog import Dialog, new_tag
 from wire.sip.headers import SipUri
-from wire.sip.message import SipRequest, SipResponse
+from wire.sip.message import SipRequest
 from wire.sip.sdp import (
     LocalMedia,
     SessionDescription,
     answer_offer,
     make_offer,
-    plan_from_answer,
 )
 from wire.sip.transaction import Address, ServerTransaction
 
 log = logging.getLogger(__name__)
 
 DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
-
-
-def parse_allow_list(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    try:
-        return [ipaddress.ip_network(part.strip(), strict=False)
-                for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise ConfigError(f"sip_allow: {exc}") from None
 
 
 @dataclass
@@ -79,22 +73,19 @@ class SipBridge:
         self._pipelines = pipelines
         self.draining = False  # SIGTERM: new calls and OPTIONS probes get 503
         self._clock = clock
-        self._allow = parse_allow_list(settings.sip_allow)
+        self._access = Access(settings)
         self._rtp_ports = parse_port_range(settings.sip_rtp_ports)
         self.advertise = settings.sip_advertise or settings.host
         if ipaddress.ip_address(self.advertise).is_unspecified:
             raise ConfigError("set --sip-advertise when --host is a wildcard address")
-        self._verifier = DigestVerifier("voice-assistant", settings.sip_inbound_user,
-                                        settings.sip_inbound_password) \
-            if settings.sip_inbound_user else None
         self._credentials = Credentials(settings.sip_user, settings.sip_password) \
             if settings.sip_user else None
+        self.outbound = Outbound(self, pipelines, clock, self._rtp_ports, self._credentials)
         self.endpoint = SipEndpoint(self)
-        self.endpoint.on_stray_2xx = self._re_ack
+        self.endpoint.on_stray_2xx = self.outbound.re_ack
         self.media_clock = MediaClock(clock, settings.sip_rtp_priority)  # sends all RTP
         self.calls: dict[str, SipCall] = {}
         self._ringing: dict[str, _Ringing] = {}
-        self._acks: dict[str, tuple[bytes, Address]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
         self.registration: Registration | None = None
@@ -171,7 +162,7 @@ class SipBridge:
     def handle_request(self, transaction: ServerTransaction) -> None:
         request = transaction.request
         call = self._call_of(request)
-        if call is None and not self._allowed(transaction.address[0]):
+        if call is None and not self._access.allows(transaction.address[0]):
             log.debug("ignored %s from %s (not in sip_allow)", request.method,
                       transaction.address)
             return
@@ -194,14 +185,7 @@ class SipBridge:
         call = self.calls.get(transaction.request.call_id)
         if call is not None and transaction.last_response is not None \
                 and transaction.last_response.status < 300:
-            self._spawn(call.hangup("our 200 OK was never acknowledged"), "no-ack-bye")
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self._allow)
+            self.spawn(call.hangup("our 200 OK was never acknowledged"), "no-ack-bye")
 
     def _call_of(self, request: SipRequest) -> SipCall | None:
         call = self.calls.get(request.call_id)
@@ -266,7 +250,7 @@ class SipBridge:
         ringing = _Ringing(transaction)
         self._ringing[request.call_id] = ringing
         self.endpoint.reply(transaction, 100)
-        self._spawn(self._answer(ringing), f"sip-call-{request.call_id[:16]}")
+        self.spawn(self._answer(ringing), f"sip-call-{request.call_id[:16]}")
 
     def _check_new_call(self, transaction: ServerTransaction) -> None:
         request = transaction.request
@@ -275,13 +259,10 @@ class SipBridge:
             self.endpoint.reply(transaction, 420, headers=(("Unsupported",
                                                             ", ".join(unsupported)),))
             raise _Handled
-        if self._verifier is not None:
-            now = self.endpoint.now()
-            verdict = self._verifier.verify(request.headers.get("Authorization"), "INVITE", now)
-            if verdict != "ok":
-                self.endpoint.reply(transaction, 401, headers=(
-                    ("WWW-Authenticate", self._verifier.challenge(now, verdict == "stale")),))
-                raise _Handled
+        challenge = self._access.challenge(request, self.endpoint.now())
+        if challenge is not None:
+            self.endpoint.reply(transaction, 401, headers=(("WWW-Authenticate", challenge),))
+            raise _Handled
         if self.draining or self.failure:
             self.endpoint.reply(transaction, 503, headers=self._unavailable_headers())
             raise _Handled
@@ -337,7 +318,7 @@ class SipBridge:
             self._ringing.pop(request.call_id, None)
             if socket is not None and request.call_id not in self.calls:
                 socket.close()
-        await self._run_call(call, factory)
+        await self.run_call(call, factory)
 
     def _new_call(self, transaction: ServerTransaction, socket: RtpSocket) -> SipCall:
         request = transaction.request
@@ -365,7 +346,7 @@ class SipBridge:
         log.info("call %s answered from %s: %s", call.call_id, transaction.address,
                  call.media.plan)
 
-    async def _run_call(self, call: SipCall, factory: PipelineFactory) -> None:
+    async def run_call(self, call: SipCall, factory: PipelineFactory) -> None:
         try:
             await call.run(factory)
         except Exception:
@@ -373,55 +354,18 @@ class SipBridge:
             await call.hangup("internal error")
         finally:
             self.calls.pop(call.call_id, None)
-            self._acks.pop(call.call_id, None)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
         self._tg.create_task(_contained(coroutine, name), name=name)
 
-    # --- calls we place ------------------------------------------------------------
+    # --- calls we place (transports/sip/outbound.py) -----------------------------------
 
     async def dial(self, target: str, greeting: str = "", pipeline: str | None = None,
                    answer_timeout: float = 60.0,
                    on_event: Callable[[Event], None] | None = None) -> SipCall:
         """Call `target` (sip:user@host[:port]); returns the answered call, running."""
-        uri = SipUri.parse(target)
-        _, factory = self._pipelines(pipeline)
-        socket = await open_rtp_socket(self.settings.host, self._rtp_ports, set())
-        local = LocalMedia(self.advertise, socket.port, secrets.randbelow(2**31))
-        try:
-            placed = await place_call(self.endpoint, uri, self._credentials.username
-                                      if self._credentials else "assistant", self.contact,
-                                      make_offer(local).serialize(), self._credentials,
-                                      answer_timeout=answer_timeout)
-            plan = plan_from_answer(SessionDescription.parse(placed.response.body))
-        except BaseException:
-            socket.close()
-            raise
-        options = CallOptions(self.settings.playout_lead_ms, self.settings.sip_rtp_timeout_s,
-                              on_event=on_event)
-        call = SipCall(self, placed.dialog, socket, plan,
-                       {plan.remote_host, placed.dialog.peer_address[0]}, local, self._clock,
-                       options, self.settings.sip_jitter_ms / 1000)
-        self.calls[call.call_id] = call
-        self._acks[call.call_id] = (placed.ack, placed.dialog.destination())
-        self._spawn(self._run_call(call, factory), f"sip-dial-{call.call_id[:16]}")
-        if greeting:
-            self._spawn(self._greet(call, greeting), f"sip-greet-{call.call_id[:16]}")
-        return call
-
-    async def _greet(self, call: SipCall, text: str) -> None:
-        for _ in range(500):  # the session creates its pipeline as soon as it runs
-            if call.session.pipeline is not None or call.ended.is_set():
-                break
-            await asyncio.sleep(0.01)
-        if call.session.pipeline is not None and not call.ended.is_set():
-            await call.session.pipeline.announce(text)
-
-    def _re_ack(self, response: SipResponse) -> None:
-        ack = self._acks.get(response.call_id)
-        if ack is not None:
-            self.endpoint.send_raw(*ack)
+        return await self.outbound.dial(target, greeting, pipeline, answer_timeout, on_event)
 
 
 class _Handled(SipError):
