@@ -8,22 +8,22 @@ is resampled and appended as it arrives, while the receiver turns provider event
 into the session's events (`voice.events`). Turns end either at the provider
 (`server_vad`/`semantic_vad`: `input_audio_buffer.speech_stopped`) or by our own VAD
 (`local`: we commit and ask for a response, with the cascade's turn-taking: adaptive
-end of turn, backchannels that do not interrupt, continuations; see `_on_local`).
-Speech over a reply is a barge-in:
-playout stops at once, `response.cancel` and `conversation.item.truncate` (with
-the milliseconds actually heard) go to the provider, `response.interrupted` to the
-caller. A provider `error`, a failed response, a dropped or refused connection, or a
-provider silent past `realtime_timeout_s` end the turn with an `error` event (and a
-spoken apology); the session then reconnects once, after a short backoff. If that
-fails too, or the provider's circuit breaker is open (`voice.resilience`, shared by
-all sessions), the local cascade serves the rest of the session when a `fallback` is
-given (`realtime_fallback = cascade`: the audio the provider never heard is replayed
-to it, and its `turn.latency` events say why), and otherwise the call is hung up.
+end of turn, backchannels that do not interrupt, continuations; `local_mode`).
+Speech over a reply is a barge-in: playout stops at once, `response.cancel` and
+`conversation.item.truncate` (with the milliseconds actually heard) go to the
+provider, `response.interrupted` to the caller. A provider `error`, a failed
+response, a dropped or refused connection, or a provider silent past
+`realtime_timeout_s` end the turn with an `error` event (and a spoken apology); the
+session then reconnects once, after a short backoff. If that fails too, or the
+provider's circuit breaker is open (`voice.resilience`, shared by all sessions), the
+local cascade serves the rest of the session when a `fallback` is given
+(`realtime_fallback = cascade`: the audio the provider never heard is replayed to it,
+and its `turn.latency` events say why), and otherwise the call is hung up.
 
 This class decides; its parts keep state and do the work: `link` (the connection, its
-reconnects and watchdog), `local_turns` (our VAD's turns and the local STT's reading
-of them), `conversation` (history, and which provider item is which turn),
-`playback` (reply audio to the session), `fallback` (the cascade taking over).
+reconnects and watchdog), `local_mode` and `local_turns` (our own turn-taking),
+`conversation` (history, and which provider item is which turn), `playback` (reply
+audio to the session), `fallback` (the cascade taking over).
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ from pipelines.providers.tts import TextToSpeech
 from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.fallback import Fallback, FallbackIO, UnheardAudio
 from pipelines.realtime.link import ProviderLink
-from pipelines.realtime.local_turns import LocalTurns, SpeechEnds, TurnReader
+from pipelines.realtime.local_mode import LocalTurnTaking
+from pipelines.realtime.local_turns import SpeechEnds
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.playback import ReplyPlayer
-from pipelines.realtime.provider import RealtimeProvider
+from pipelines.realtime.provider import RealtimeProvider, provider_error
 from pipelines.realtime.provider_reply import ProviderReply
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.clock import Clock
-from voice.errors import ProviderError, ProviderRateLimited, VoiceError
+from voice.errors import ProviderError, VoiceError
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
@@ -61,15 +62,8 @@ from voice.playout import Playout
 from voice.resilience import CircuitBreaker
 from voice.session import SessionIO
 from voice.turntaking.detector import (
-    OnsetAbandoned,
-    SpeechOnset,
-    SpeechPaused,
-    SpeechResumed,
     TurnEnded,
-    TurnEvent,
-    TurnStarted,
 )
-from voice.turntaking.floor import Floor, Verdict
 from voice.turntaking.listener import STARVATION_S
 from wire.openai_realtime import client_events as ce
 from wire.openai_realtime import server_events as rt
@@ -96,15 +90,11 @@ class RealtimePipeline:
         self._unheard = UnheardAudio(io.sample_rate)  # while not connected
         self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
         self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
-        self._local = (LocalTurns(options.turn_config(), io.sample_rate, rt.PROVIDER_RATE)
+        self._local = (LocalTurnTaking(self, options, stt, clock, io.sample_rate,
+                                       rt.PROVIDER_RATE)
                        if options.turn_detection == "local" else None)
         self._speech_ends = (SpeechEnds(options.vad_aggressiveness, options.vad_frame_ms,
                                         io.sample_rate) if self._local is None else None)
-        self._streaming = False  # local VAD: the current turn's audio is being kept
-        self._floor = Floor(self, options.barge_in_confirm_ms, options.continuation_window_ms,
-                            rt.PROVIDER_RATE)  # local VAD: speech over a reply
-        self._reader = (TurnReader(self._local.listener, stt, options.no_speech_threshold,
-                                   self._spawn) if self._local is not None else None)
         self._speaking = False  # provider VAD: between speech_started and speech_stopped
         o = options
         self._link = ProviderLink(
@@ -240,82 +230,48 @@ class RealtimePipeline:
             if self._speech_ends is not None:
                 self._speech_ends.push(samples, arrival_ns)
             if self._local is None:
-                await self._send_input(provider_samples, arrival_ns)
+                await self.send_input(provider_samples, arrival_ns)
             else:
-                await self._on_local(self._local.listener.push(samples, arrival_ns),
-                                     provider_samples, arrival_ns)
+                await self._local.hear(samples, provider_samples, arrival_ns)
 
     async def _fill_starved_gap(self) -> None:
         """The caller stopped sending mid-turn: the gap counts as silence (as in the
         cascade), so that the turn can end."""
         now, ms = self._clock.now_ns(), int(STARVATION_S * 1000)
         if self._local is not None:
-            await self._on_local(self._local.listener.push_silence(ms, now), None, now)
+            await self._local.starved(ms, now)
         else:
-            await self._send_input(np.zeros(rt.PROVIDER_RATE * ms // 1000, np.int16), now)
+            await self.send_input(np.zeros(rt.PROVIDER_RATE * ms // 1000, np.int16), now)
 
-    async def _send_input(self, samples: Int16Array, arrival_ns: int) -> None:
+    async def send_input(self, samples: Int16Array, arrival_ns: int) -> None:
         if not self._link.connected or not samples.size:
             return
         self._link.input_clock.add(len(samples), arrival_ns)
         await self._link.send(ce.input_audio_append(array_to_pcm16_bytes(samples)))
 
-    async def _on_local(self, events: list[TurnEvent], samples: Int16Array | None,
-                        arrival_ns: int) -> None:
-        """Our own turn-taking (`local`), the cascade's decisions: the reply pauses at
-        speech onset; a turn that began over a reply is held back until it is judged
-        (a backchannel or noise resumes the reply; words or long speech interrupt it,
-        or continue the previous turn when it came within the continuation window)."""
-        local, reader = self._local, self._reader
-        assert local is not None and reader is not None
-        for event in events:
-            if isinstance(event, SpeechOnset):
-                self._floor.onset()
-            elif isinstance(event, OnsetAbandoned):
-                self._floor.onset_abandoned()
-            elif isinstance(event, TurnStarted):
-                await self._local_turn_started(event.speech_start_ns)
-            elif isinstance(event, SpeechPaused):
-                reader.paused(event, self._turn_id)
-            elif isinstance(event, SpeechResumed):
-                reader.cancel()
-        if samples is not None:
-            if not self._streaming:
-                local.keep(samples)
-            else:
-                local.add_to_turn(samples)
-                if not self._floor.contested:
-                    await self._send_input(samples, arrival_ns)
-        if self._floor.speech_confirms(local.listener.speech_ms):
-            await self._confirm_contested("long speech")
-        for event in events:
-            if isinstance(event, TurnEnded):
-                await self._local_turn_ended(event)
+    # -- what the local turn-taking drives (pipelines/realtime/local_mode.py) --------------
+    @property
+    def turn_id(self) -> int:
+        return self._turn_id
 
-    async def _local_turn_started(self, speech_start_ns: int) -> None:
-        assert self._local is not None
-        contested = self._floor.turn_started(speech_start_ns)
+    def replying_to(self) -> int | None:
+        return self._reply.turn_id if self._reply is not None else None
+
+    async def start_turn(self, speech_start_ns: int) -> None:
         await self._start_turn(speech_start_ns, interrupt=False)
-        preroll = self._local.begin_turn()
-        self._streaming = True
-        if not contested:
-            await self._link.send(ce.input_audio_clear())
-            await self._send_input(preroll, speech_start_ns)
 
-    async def _local_turn_ended(self, event: TurnEnded) -> None:
-        assert self._local is not None and self._reader is not None
-        if self._floor.contested:
-            heard = await self._floor.judge(self._reader.heard(event, self._turn_id),
-                                            self._turn_id)
-            if self._floor.dismisses(heard, self._turn_id):
-                self._streaming = False
-                self._timeline = None
-                return
-            await self._confirm_contested(f"words: {heard!r}")
-        self._reader.cancel()
-        self._streaming = False
-        audio = self._floor.joined(self._local.turn_audio())
-        self._floor.turn_ended(audio, event.turn_end_ns)
+    def forget_turn(self) -> None:
+        self._timeline = None  # a backchannel: no turn after all
+
+    def turn_began_at(self, speech_start_ns: int) -> None:
+        if self._timeline is not None:  # a continuation: the utterance began earlier
+            self._timeline.stamps["speech_start"] = speech_start_ns
+
+    async def clear_input(self) -> None:
+        await self._link.send(ce.input_audio_clear())
+
+    async def commit_turn(self, audio: Int16Array, event: TurnEnded) -> None:
+        """Our VAD ended the turn: commit its audio and ask for the response."""
         self._conversation.committed_audio(self._turn_id, len(audio) * 1000 / rt.PROVIDER_RATE)
         self._end_turn(event.speech_end_ns, event.turn_end_ns)
         self._conversation.mark()
@@ -325,19 +281,7 @@ class RealtimePipeline:
                 "the realtime provider is not connected", provider=self._provider.name,
                 code="realtime_disconnected"))
 
-    async def _confirm_contested(self, why: str) -> None:
-        """The turn over the reply is real: it interrupts the reply, or continues the
-        previous turn; either way its audio so far now goes to the provider."""
-        assert self._local is not None
-        replying_to = self._reply.turn_id if self._reply is not None else None
-        verdict = await self._floor.confirm(why, self._turn_id, replying_to)
-        if verdict is Verdict.CONTINUATION and self._timeline is not None:
-            self._timeline.stamps["speech_start"] = self._floor.speech_start_ns
-        await self._link.send(ce.input_audio_clear())
-        audio = self._floor.joined(self._local.turn_audio())
-        await self._send_input(audio, self._clock.now_ns())
-
-    def _spawn(self, coro: Coroutine[Any, Any, str | None], what: str) -> asyncio.Task[str | None]:
+    def spawn(self, coro: Coroutine[Any, Any, str | None], what: str) -> asyncio.Task[str | None]:
         assert self._tasks is not None
         return self._tasks.create_task(coro, name=f"realtime-turn-{self._turn_id}-{what}")
 
@@ -457,7 +401,7 @@ class RealtimePipeline:
         reply.generated = True
         if event.status == "failed":
             error = event.error or rt.ErrorDetail("server_error", None, "the response failed")
-            self._report(self._translate(error))
+            self._report(provider_error(error, self._provider.name))
             self._finish(reply, apologize=True)
             return
         self._link.healthy = self._link.healthy or event.status == "completed"
@@ -469,19 +413,11 @@ class RealtimePipeline:
             log.debug("realtime provider: %s (%s)", error.message, error.code)
             return
         log.warning("realtime provider error %s/%s: %s", error.type, error.code, error.message)
-        exc = self._translate(error)
+        exc = provider_error(error, self._provider.name)
         if self._awaiting or (self._reply is not None and not self._reply.generated):
             self._fail_turn(exc)
         else:
             self._report(exc)
-
-    def _translate(self, error: rt.ErrorDetail) -> ProviderError:
-        if error.rate_limited:
-            return ProviderRateLimited(f"realtime provider rate limit: {error.message}",
-                                       provider=self._provider.name,
-                                       code="realtime_rate_limited")
-        return ProviderError(f"realtime provider error: {error.message or error.code}",
-                             provider=self._provider.name, code="realtime_error")
 
     def _report(self, exc: VoiceError) -> None:
         self._io.emit(ErrorOccurred(code=exc.code, message=exc.message))

@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voice.errors import ProtocolError, ProviderError, ProviderRateLimited, ProviderTimeout
+from wire.openai_realtime import server_events as rt
 from wire.openai_realtime.client_events import encode, provider_url
 from wire.openai_realtime.server_events import ServerEvent, parse_server_event
 
@@ -120,3 +121,12 @@ class WebSocketProvider:
                                  code="realtime_unreachable")
         return ProviderError(f"cannot connect to the realtime provider ({type(exc).__name__})",
                              provider=self.name, code="realtime_unreachable")
+
+
+def provider_error(error: rt.ErrorDetail, provider: str) -> ProviderError:
+    """A provider's `error` (or failed response), in our error tree."""
+    if error.rate_limited:
+        return ProviderRateLimited(f"realtime provider rate limit: {error.message}",
+                                   provider=provider, code="realtime_rate_limited")
+    return ProviderError(f"realtime provider error: {error.message or error.code}",
+                         provider=provider, code="realtime_error")
