@@ -63,9 +63,9 @@ class LocalTurnTaking:
                  clock: Clock, session_rate: int, provider_rate: int) -> None:
         self._host = host
         self._clock = clock
-        self._turns = LocalTurns(options.turn_config(), session_rate, provider_rate)
-        self._floor = Floor(host, options.barge_in_confirm_ms, options.continuation_window_ms,
-                            provider_rate)
+        self._turns = LocalTurns(options.turns, session_rate, provider_rate)
+        self._floor = Floor(host, options.turns.barge_in_confirm_ms,
+                            options.turns.continuation_window_ms, provider_rate)
         self._reader = TurnReader(self._turns.listener, stt, options.no_speech_threshold,
                                   host.spawn)
         self._streaming = False  # the current turn's audio is being kept

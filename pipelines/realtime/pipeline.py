@@ -93,8 +93,9 @@ class RealtimePipeline:
         self._local = (LocalTurnTaking(self, options, stt, clock, io.sample_rate,
                                        rt.PROVIDER_RATE)
                        if options.turn_detection == "local" else None)
-        self._speech_ends = (SpeechEnds(options.vad_aggressiveness, options.vad_frame_ms,
-                                        io.sample_rate) if self._local is None else None)
+        vad = options.turns
+        self._speech_ends = (SpeechEnds(vad.vad_aggressiveness, vad.vad_frame_ms, io.sample_rate)
+                             if self._local is None else None)
         self._speaking = False  # provider VAD: between speech_started and speech_stopped
         o = options
         self._link = ProviderLink(
