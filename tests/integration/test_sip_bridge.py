@@ -228,6 +228,40 @@ async def test_sources_outside_the_allow_list_are_ignored() -> None:
         assert await exchange(bridge, invite(method="OPTIONS")) == []
 
 
+async def test_a_flood_from_a_blocked_address_is_never_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """10,000 datagrams from outside the allow-list (requests, garbage, Unicode digits)
+    get no response, leave no transaction and log no error: they are dropped before
+    any parsing."""
+    flood = [invite(method="OPTIONS", call_id=f"f{i}") for i in range(4)] + [
+        invite(body=SDP, call_id="f-invite"), b"\xff" * 200, b"INVITE",
+        invite(call_id="f-len").replace(b"Content-Length: 0", "Content-Length: ²".encode())]
+    async with running_bridge(sip_allow="10.0.0.0/8") as (bridge, _):
+        loop = asyncio.get_running_loop()
+        answers: list[bytes] = []
+
+        class Catcher(asyncio.DatagramProtocol):
+            def datagram_received(self, payload: bytes, addr: object) -> None:
+                answers.append(payload)
+
+        transport, _ = await loop.create_datagram_endpoint(Catcher,
+                                                           local_addr=("127.0.0.1", 0))
+        try:
+            port = str(transport.get_extra_info("sockname")[1]).encode()
+            for i in range(10_000):
+                transport.sendto(flood[i % len(flood)].replace(b"PORT", port),
+                                 ("127.0.0.1", bridge.endpoint.local_address[1]))
+                await asyncio.sleep(0)  # the bridge reads one datagram a loop turn
+            await asyncio.sleep(0.5)
+        finally:
+            transport.close()
+        stats = bridge.endpoint.stats
+        assert answers == [] and bridge.endpoint.layer.servers == {}
+        assert stats.blocked == stats.received >= 9_900  # (loopback UDP may drop a few)
+        assert stats.malformed == stats.failed == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 async def test_calls_beyond_the_limit_get_486() -> None:
     async with running_bridge(sip_max_calls=1) as (bridge, _):
         async with SipPhone(target(bridge), events=False):

@@ -11,7 +11,7 @@ from wire.sip.auth import DigestChallenge, DigestVerifier, digest_response
 from wire.sip.dialog import Dialog
 from wire.sip.headers import SipUri
 from wire.sip.message import SipRequest, SipResponse, parse_message, response_to
-from wire.sip.transaction import T1, T2, TransactionLayer
+from wire.sip.transaction import T1, T2, UNANSWERED_INVITE_S, TransactionLayer
 
 pytestmark = pytest.mark.unit
 PEER = ("192.0.2.1", 5060)
@@ -115,6 +115,31 @@ def test_non_invite_server_transaction_absorbs_retransmissions_then_ends() -> No
     assert [status_of(d) for d in sent(layer)] == [200]
     layer.handle_timeout(64 * T1)
     assert layer.servers == {}
+
+
+def test_requests_never_answered_are_forgotten() -> None:
+    """A request the TU ignores (a source outside the allow-list, say) does not stay in
+    the table for ever: 64*T1 for a non-INVITE, Timer C's 3 minutes for an INVITE."""
+    layer = TransactionLayer()
+    assert layer.receive_request(request("OPTIONS", branch="z9hG4bKo"), PEER, 0.0) is not None
+    invite = layer.receive_request(request("INVITE", branch="z9hG4bKi"), PEER, 0.0)
+    assert invite is not None
+    layer.respond(invite, response_to(invite.request, 180), 1.0)  # ringing, never answered
+    assert layer.next_deadline() == 64 * T1
+    assert layer.handle_timeout(64 * T1) == [] and len(layer.servers) == 1
+    assert layer.handle_timeout(UNANSWERED_INVITE_S) == [] and layer.servers == {}
+    assert layer.next_deadline() is None
+
+
+def test_a_full_table_answers_503_and_keeps_no_more() -> None:
+    layer = TransactionLayer(max_servers=3)
+    for i in range(5):
+        layer.receive_request(request("OPTIONS", branch=f"z9hG4bK{i}"), PEER, 0.0)
+    assert len(layer.servers) == 3 and layer.refused == 2
+    assert [status_of(d) for d in sent(layer)] == [503, 503]
+    layer.handle_timeout(64 * T1)
+    assert layer.servers == {}
+    assert layer.receive_request(request("OPTIONS", branch="z9hG4bK9"), PEER, 40.0) is not None
 
 
 def test_client_retransmits_then_gives_up_with_a_timeout() -> None:

@@ -81,7 +81,7 @@ class SipBridge:
         self._credentials = Credentials(settings.sip_user, settings.sip_password) \
             if settings.sip_user else None
         self.outbound = Outbound(self, pipelines, clock, self._rtp_ports, self._credentials)
-        self.endpoint = SipEndpoint(self)
+        self.endpoint = SipEndpoint(self, admits=self._admits)
         self.endpoint.on_stray_2xx = self.outbound.re_ack
         self.media_clock = MediaClock(clock, settings.sip_rtp_priority)  # sends all RTP
         self.calls: dict[str, SipCall] = {}
@@ -186,6 +186,15 @@ class SipBridge:
         if call is not None and transaction.last_response is not None \
                 and transaction.last_response.status < 300:
             self.spawn(call.hangup("our 200 OK was never acknowledged"), "no-ack-bye")
+
+    def _admits(self, host: str) -> bool:
+        """Datagrams are read from the allow-list, and from the peers of our calls and
+        of our requests (a callee we dialled, a registrar) wherever they are."""
+        if self._access.allows(host):
+            return True
+        if any(call.dialog.peer_address[0] == host for call in self.calls.values()):
+            return True
+        return any(t.address[0] == host for t in self.endpoint.layer.clients.values())
 
     def _call_of(self, request: SipRequest) -> SipCall | None:
         call = self.calls.get(request.call_id)

@@ -52,13 +52,16 @@ class EndpointStats:
     oversized: int = 0
     malformed: int = 0
     rejected: int = 0  # answered 4xx before reaching the handler
+    blocked: int = 0  # from a source not admitted: dropped unread
     failed: int = 0  # raised something other than a SIP error (a bug): dropped
 
 
 class SipEndpoint(asyncio.DatagramProtocol):
     def __init__(self, handler: RequestHandler, max_datagram: int = DEFAULT_MAX_DATAGRAM,
-                 user_agent: str = "voice-assistant-service") -> None:
+                 user_agent: str = "voice-assistant-service",
+                 admits: Callable[[str], bool] | None = None) -> None:
         self.handler = handler
+        self.admits = admits  # source hosts whose datagrams are read at all (None: any)
         self.max_datagram = max_datagram
         self.user_agent = user_agent
         self.layer = TransactionLayer()
@@ -120,6 +123,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         source = (str(addr[0]), int(addr[1]))
         self.stats.received += 1
+        if self.admits is not None and not self.admits(source[0]):
+            self.stats.blocked += 1  # before any parsing: costs nothing, answers nothing
+            return
         if len(data) > self.max_datagram:
             self.stats.oversized += 1
             log.debug("dropped a %d-byte datagram from %s (over %d)", len(data), source,

@@ -14,6 +14,10 @@ send accumulate in `outgoing` for the I/O layer to drain.
   proceeding --1xx--> proceeding               trying/proceeding --final--> completed
   proceeding --2xx--> accepted --ACK/L--> gone           completed --J--> gone
   proceeding --3-6xx--> completed --ACK--> confirmed --I--> gone;  --H--> gone (timed out)
+
+A request the transaction user never answers (one from a source it ignores, say) is
+forgotten after 64*T1, or 3 minutes for an INVITE; and the table holds at most
+`max_servers` server transactions: beyond that a new request gets 503 at once.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wire.sip.headers import Via
-from wire.sip.message import Headers, SipMessage, SipRequest, SipResponse
+from wire.sip.message import Headers, SipMessage, SipRequest, SipResponse, response_to
 
 T1, T2, T4 = 0.5, 4.0, 5.0
+UNANSWERED_INVITE_S = 180.0  # an INVITE the TU never answers (RFC 3261 16.6 Timer C)
+MAX_SERVER_TRANSACTIONS = 4096  # beyond this, new requests get 503 at once
 MAGIC_COOKIE = "z9hG4bK"
 Address = tuple[str, int]
 
@@ -73,6 +79,11 @@ class ServerTransaction:
         else:
             self.state, self._end_at = "completed", now + 64 * T1
         return response.serialize()
+
+    def unanswered_until(self, now: float) -> None:
+        """A request the TU never answers is forgotten after this long (an INVITE may
+        ring for minutes, as a proxy's Timer C allows; anything else 64*T1)."""
+        self._end_at = now + (UNANSWERED_INVITE_S if self.is_invite else 64 * T1)
 
     def retransmission(self) -> bytes | None:
         """The request came again: answer with the last response (if any)."""
@@ -172,11 +183,14 @@ class TransactionLayer:
     servers: dict[str, ServerTransaction] = field(default_factory=dict)
     clients: dict[str, ClientTransaction] = field(default_factory=dict)
     outgoing: list[tuple[bytes, Address]] = field(default_factory=list)
+    max_servers: int = MAX_SERVER_TRANSACTIONS
+    refused: int = 0  # requests answered 503 because the table was full
 
     def receive_request(self, request: SipRequest, address: Address,
                         now: float) -> ServerTransaction | None:
         """A new server transaction for the TU, or None if this was a retransmission
-        (answered here) or the ACK of a non-2xx final response (absorbed here)."""
+        (answered here), the ACK of a non-2xx final response (absorbed here), or one
+        request too many (answered 503 here)."""
         key = server_key(request)
         existing = self.servers.get(key)
         if request.method == "ACK":
@@ -187,7 +201,13 @@ class TransactionLayer:
         if existing is not None:
             self._send(existing.retransmission(), existing.address)
             return None
+        if len(self.servers) >= self.max_servers:
+            self.refused += 1
+            self._send(response_to(request, 503, headers=(("Retry-After", "5"),)).serialize(),
+                       address)
+            return None
         transaction = ServerTransaction(request, address)
+        transaction.unanswered_until(now)
         if request.method != "INVITE":
             transaction.state = "trying"
         self.servers[key] = transaction
