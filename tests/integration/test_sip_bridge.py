@@ -23,6 +23,8 @@ from voice.clock import MONOTONIC
 from voice.errors import ProtocolError, SipError
 from voice.session import PipelineFactory, Session
 from voice.settings import Settings
+from wire.rtp.dtmf import event_payloads
+from wire.rtp.packet import RtpPacket
 from wire.sip.message import SipResponse, parse_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"),
@@ -376,3 +378,31 @@ async def test_hostile_sdp_and_unicode_digits_do_not_kill_the_bridge(
         assert {r.status for r in responses if r.status >= 200} == status, responses
     assert stubs.made[0].digits == ["5"]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_second_socket_on_the_callers_host_cannot_press_keys() -> None:
+    """RTP and RFC 4733 events count only from the address and port the caller's media
+    came from: another socket on the same host sending "0" used to hang up the call."""
+    async with running_bridge() as (bridge, stubs):
+        phone = SipPhone(target(bridge))
+        await phone.connect()
+        assert phone.plan is not None and phone.plan.dtmf_payload_type is not None
+        streaming = asyncio.create_task(phone.stream_silence(1.2))
+        await asyncio.sleep(0.3)  # the call's media has latched on the phone's port
+        intruder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i, (payload, marker) in enumerate(event_payloads("0")):
+                packet = RtpPacket(phone.plan.dtmf_payload_type, 7000 + i, 80000, 0x1234,
+                                   payload, marker=marker)
+                intruder.sendto(packet.serialize(), (phone.plan.remote_host,
+                                                     phone.plan.remote_port))
+                await asyncio.sleep(0.02)
+        finally:
+            intruder.close()
+        await streaming
+        await phone.send_digit("5")  # the caller's own keys still work
+        await phone.wait_for("dtmf.received", digit="5", timeout=5)
+        (call,) = bridge.calls.values()
+        foreign = call.media.inbound.stats.foreign
+        await phone.close()
+    assert stubs.made[0].digits == ["5"] and foreign >= 1

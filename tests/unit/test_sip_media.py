@@ -213,31 +213,51 @@ def test_outbound_fill_splits_chunks_for_other_packet_times() -> None:
     assert out.fill(lambda: None) == b"\x02" * 160
 
 
-def test_inbound_stream_checks_host_payload_and_ssrc_and_takes_dtmf_from_any_port() -> None:
+PEER = ("127.0.0.1", 40000)
+
+
+def test_inbound_stream_checks_source_payload_and_ssrc() -> None:
     inbound = InboundStream(PLAN, {"127.0.0.1"}, 0.06)
     tone = g711.encode(np.full(160, 2000, np.int16), g711.PCMA)
     audio = RtpPacket(8, 1, 160, 0xAA, tone).serialize()
-    assert len(inbound.receive(audio, "127.0.0.1", 0.0).audio) == 1
-    assert inbound.receive(audio, "10.9.9.9", 0.0).audio == [] and inbound.stats.foreign == 1
+    assert len(inbound.receive(audio, PEER, 0.0).audio) == 1
+    assert inbound.receive(audio, ("10.9.9.9", 4000), 0.0).audio == []
+    assert inbound.stats.foreign == 1
     other = RtpPacket(8, 2, 320, 0xBB, tone).serialize()
-    assert inbound.receive(other, "127.0.0.1", 0.01).audio == []
+    assert inbound.receive(other, PEER, 0.01).audio == []
     assert inbound.stats.other_ssrc == 1
     unknown = RtpPacket(96, 2, 320, 0xAA, b"opus").serialize()
-    assert inbound.receive(unknown, "127.0.0.1", 0.02).audio == []
+    assert inbound.receive(unknown, PEER, 0.02).audio == []
     assert inbound.stats.unknown_payload == 1
     digit = RtpPacket(101, 9, 5, 0xCC, event_payloads("7")[0][0]).serialize()
-    assert inbound.receive(digit, "127.0.0.1", 0.03).digits == ["7"]
-    assert inbound.receive(b"\x00garbage", "127.0.0.1", 0.04).audio == []
+    assert inbound.receive(digit, PEER, 0.03).digits == ["7"]  # events: any SSRC
+    assert inbound.receive(b"\x00garbage", PEER, 0.04).audio == []
     assert inbound.stats.malformed == 1
+
+
+def test_media_and_digits_count_only_from_the_latched_port() -> None:
+    """A second socket on the caller's host cannot inject a keypad press or audio."""
+    inbound = InboundStream(PLAN, {"127.0.0.1"}, 0.06)
+    tone = g711.encode(np.full(160, 2000, np.int16), g711.PCMA)
+    assert len(inbound.receive(RtpPacket(8, 1, 160, 0xAA, tone).serialize(), PEER,
+                               0.0).audio) == 1
+    intruder = ("127.0.0.1", 40002)
+    zero = RtpPacket(101, 50, 5, 0xAA, event_payloads("0")[0][0]).serialize()
+    assert inbound.receive(zero, intruder, 0.01).digits == []
+    assert inbound.receive(RtpPacket(8, 2, 320, 0xAA, tone).serialize(), intruder,
+                           0.02).audio == []
+    assert inbound.stats.foreign == 2 and inbound.stats.digits == 0
+    inbound.update(PLAN, {"127.0.0.1"})  # a re-INVITE: the peer may move to a new port
+    assert inbound.receive(zero, intruder, 0.03).digits == ["0"]
 
 
 def test_dtmf_sharing_the_audio_sequence_is_no_loss() -> None:
     inbound = InboundStream(PLAN, {"127.0.0.1"}, 0.06)
     silence = g711.silence(g711.PCMA, 160)
-    inbound.receive(RtpPacket(8, 1, 160, 5, silence).serialize(), "127.0.0.1", 0.0)
+    inbound.receive(RtpPacket(8, 1, 160, 5, silence).serialize(), PEER, 0.0)
     inbound.receive(RtpPacket(101, 2, 320, 5, event_payloads("1")[0][0]).serialize(),
-                    "127.0.0.1", 0.02)
-    got = inbound.receive(RtpPacket(8, 3, 480, 5, silence).serialize(), "127.0.0.1", 0.04)
+                    PEER, 0.02)
+    got = inbound.receive(RtpPacket(8, 3, 480, 5, silence).serialize(), PEER, 0.04)
     assert len(got.audio) == 1 and inbound.jitter.stats.lost == 0
 
 

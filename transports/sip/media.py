@@ -121,7 +121,7 @@ class CallMedia:
 
     def _received(self, data: bytes, source: Address) -> None:
         loop = asyncio.get_running_loop()
-        received = self.inbound.receive(data, source[0], loop.time())
+        received = self.inbound.receive(data, source, loop.time())
         for samples in received.audio:
             self._quiet_ticks = 0
             self._on_audio(samples)

@@ -24,6 +24,8 @@ from wire.rtp.jitter import Concealer, JitterBuffer, JitterFrame
 from wire.rtp.packet import RtpPacket, RtpSender
 from wire.rtp.plan import MediaPlan
 
+Address = tuple[str, int]
+
 COMFORT_NOISE = 13
 SSRC_SWITCH_AFTER = 0.5  # seconds of silence from the latched SSRC before another may take over
 SAMPLE_RATE = 8000
@@ -34,7 +36,7 @@ PullChunk = Callable[[], "bytes | None"]  # the next 20 ms chunk of reply PCM, o
 class InboundStats:
     packets: int = 0
     malformed: int = 0
-    foreign: int = 0  # from a host the call did not name
+    foreign: int = 0  # from a host the call did not name, or another port of it
     unknown_payload: int = 0
     other_ssrc: int = 0
     digits: int = 0
@@ -58,18 +60,23 @@ class InboundStream:
         self._dtmf = DtmfReceiver()
         self._ssrc: int | None = None
         self._ssrc_seen_at = 0.0
+        self._peer: Address | None = None  # latched: the first RTP from a named host
 
     def update(self, plan: MediaPlan, allowed_hosts: set[str]) -> None:
-        """A re-INVITE changed the media (hold, resume, another codec)."""
+        """A re-INVITE changed the media (hold, resume, another codec, another port)."""
         self.plan, self.allowed_hosts = plan, allowed_hosts
+        self._peer = None
 
     @property
     def jitter(self) -> JitterBuffer:
         return self._jitter
 
-    def receive(self, data: bytes, host: str, now: float) -> Received:
+    def receive(self, data: bytes, source: Address, now: float) -> Received:
+        """One datagram from `source`. Media (and keypad events) count only from the
+        address and port the first valid packet of a named host came from (symmetric
+        RTP latching): another socket on the caller's host cannot speak for it."""
         out = Received()
-        if host not in self.allowed_hosts:
+        if source[0] not in self.allowed_hosts or self._peer not in (None, source):
             self.stats.foreign += 1
             return out
         try:
@@ -77,6 +84,7 @@ class InboundStream:
         except ProtocolError:
             self.stats.malformed += 1
             return out
+        self._peer = source
         self.stats.packets += 1
         if packet.payload_type == self.plan.dtmf_payload_type:
             self._receive_digit(packet, out)
