@@ -225,6 +225,14 @@ def _free_udp_port() -> int:
 
 @contextlib.contextmanager
 def _spawned_service(llm_url: str, extra: list[str]) -> Iterator[str]:
+    with spawned_service(llm_url, extra) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def spawned_service(llm_url: str, extra: list[str]
+                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`voice serve` with the bundled models and `llm_url` as its LLM: its URL and process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -236,7 +244,7 @@ def _spawned_service(llm_url: str, extra: list[str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -1,0 +1,162 @@
+"""Where a loaded worker's CPU goes (docs/deploy.md, "What a session costs").
+
+`python -m latency_tests.profile_worker --callers 20` starts one worker (bundled
+models, the zero-delay local LLM server answering in two sentences, as the latency
+suite's load test does), puts N WebSocket callers on it with their turns staggered
+(latency_tests/suite/load.py), and meanwhile:
+
+- reads the CPU time of every thread of the worker from /proc before and after, by
+  thread name (CTranslate2's and onnxruntime's own threads do not run Python);
+- samples the Python stacks of the worker with py-spy (`pip install py-spy`), and sorts
+  each sample into a part: STT (faster-whisper), TTS (Piper), VAD and turn-taking,
+  resampling, the LLM client, the transports (WebSocket, framing), playout, the event
+  loop, other.
+
+It prints the CPU seconds the worker spent, the CPU seconds one session costs per
+minute of conversation, and how that splits by part: the Python threads' time
+divided by their samples, the native threads' time added to the part that owns them.
+Run it on an otherwise idle machine; the callers run in this process, on the same
+machine, and their own CPU is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from latency_tests.bench import spawned_service
+from latency_tests.llm_server import LLMServer, default_reply
+from latency_tests.suite.corpus import load_corpus, select
+from latency_tests.suite.load import run_level, summarize_level
+
+CORPUS = Path(__file__).resolve().parent / "corpus" / "regression"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# A sample belongs to the first part whose marker appears in its stack (innermost first).
+PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("stt", ("faster_whisper", "ctranslate2", "providers/stt.py")),
+    ("tts", ("piper", "onnxruntime", "providers/tts.py")),
+    ("vad and turn-taking", ("webrtcvad", "turntaking/")),
+    ("resampling", ("soxr", "StreamResampler", "audio.py")),
+    ("llm client", ("openai", "httpx", "httpcore", "providers/llm.py")),
+    ("replies", ("reply_engine.py", "cascade/reply.py", "sentences.py", "cascade/pipeline.py")),
+    ("playout", ("playout.py",)),
+    ("transport", ("websockets", "transports/", "wire/")),
+    ("event loop", ("asyncio",)),
+]
+
+
+def part_of(stack: str) -> str:
+    frames = stack.split(";")
+    for frame in reversed(frames):  # innermost frame first
+        for name, markers in PARTS:
+            if any(marker in frame for marker in markers):
+                return name
+    return "other"
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid`, by thread id."""
+    totals: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        totals[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICKS  # utime+stime
+    return totals
+
+
+def read_samples(path: Path) -> collections.Counter[str]:
+    """py-spy's raw (collapsed) output: `thread;frame;frame... count` per line."""
+    parts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            parts[part_of(stack)] += int(count)
+    return parts
+
+
+async def profile(args: argparse.Namespace, py_spy: str, samples: Path) -> tuple[
+        dict[int, float], dict[int, float], set[int], float, object]:
+    """Run the load with py-spy recording into `samples`: the worker's thread CPU
+    before and after, its Python threads, the wall time and the load's summary."""
+    talkers = [u for u in select(load_corpus(CORPUS), "ws")
+               if u.kind in ("command", "question") and u.snr is None]
+    async with LLMServer() as llm:
+        llm.behaviour.reply = lambda messages: (
+            default_reply(messages) + " I am happy to help you with that, so give me a "
+            "moment to think about the best answer.")
+        serve = [f"--max-sessions={args.callers + 5}", *args.serve_arg]
+        with spawned_service(llm.base_url, serve) as (url, process):
+            before, started = thread_cpu(process.pid), time.monotonic()
+            spy = await asyncio.create_subprocess_exec(
+                py_spy, "record", "--pid", str(process.pid), "--rate", str(args.rate),
+                "--format", "raw", "--output", str(samples), "--nonblocking",
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            results = await run_level(url, "ws", "cascade", talkers, args.callers, args.turns)
+            after, wall = thread_cpu(process.pid), time.monotonic() - started
+            dump = await asyncio.create_subprocess_exec(
+                py_spy, "dump", "--pid", str(process.pid), "--json",
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            out, _ = await dump.communicate()
+            spy.send_signal(2)  # SIGINT: py-spy writes what it has
+            await spy.wait()
+    in_python = {int(t["os_thread_id"]) for t in json.loads(out) if t.get("os_thread_id")}
+    return before, after, in_python, wall, summarize_level(results, args.callers)
+
+
+def report(args: argparse.Namespace, before: dict[int, float], after: dict[int, float],
+           in_python: set[int], wall: float, parts: collections.Counter[str],
+           level: object) -> None:
+    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    total = sum(used.values())
+    python = sum(v for tid, v in used.items() if tid in in_python)
+    native = total - python
+    conversation_min = args.callers * wall / 60
+    print(f"\n{args.callers} callers, {wall:.0f} s: {level}")
+    print(f"worker CPU {total:.1f} s over {wall:.0f} s ({total / wall:.2f} cores); "
+          f"{total / conversation_min:.2f} CPU s per session-minute")
+    print(f"Python threads {python:.1f} s ({len(in_python)}), native threads {native:.1f} s "
+          f"({len(used) - len(in_python)})")
+    samples = sum(parts.values()) or 1
+    print(f"\n{'part':22} {'share of Python':>15} {'CPU s/session-min':>18}")
+    for name, count in parts.most_common():
+        seconds = python * count / samples
+        if name == "stt":
+            seconds += native  # CTranslate2's (and onnxruntime's) own threads
+        print(f"{name:22} {count / samples:15.0%} {seconds / conversation_min:18.3f}")
+    print(f"(native threads, {native:.1f} s, counted with stt: Whisper's decoder threads "
+          "are most of them; Piper's onnxruntime runs on the calling thread)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--callers", type=int, default=20)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="extra `voice serve` argument (repeatable)")
+    args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is needed: pip install py-spy")
+    with tempfile.TemporaryDirectory() as folder:
+        samples = Path(folder) / "stacks.txt"
+        before, after, in_python, wall, level = asyncio.run(profile(args, py_spy, samples))
+        parts = read_samples(samples) if samples.exists() else collections.Counter()
+    report(args, before, after, in_python, wall, parts, level)
+
+
+if __name__ == "__main__":
+    main()
