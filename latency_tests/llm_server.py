@@ -78,7 +78,15 @@ class Drop:
     after_deltas: int = 2
 
 
-Failure = ErrorStatus | Hang | Drop
+@dataclass(frozen=True)
+class Garbage:
+    """A 200 that is no chat completion stream: `json` (an event that is not JSON after
+    one good delta), `null_delta` (chunks whose delta is null), `html` (an HTML page)."""
+
+    kind: str = "json"
+
+
+Failure = ErrorStatus | Hang | Drop | Garbage
 
 
 @dataclass
@@ -256,6 +264,9 @@ class LLMServer:
         if isinstance(failure, Hang):
             await response.wait_for_disconnect()
             return
+        if isinstance(failure, Garbage):
+            await _send_garbage(response, failure, request.model)
+            return
         try:
             deltas = self.behaviour.deltas_for(request.messages)
         except Exception as exc:
@@ -325,6 +336,25 @@ class _Payloads:
         message = {"role": "assistant", "content": text, "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
         return {**self._base, "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+async def _send_garbage(response: HttpResponse, garbage: Garbage, model: str) -> None:
+    if garbage.kind == "html":
+        page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        await response.send_page(200, page, "text/html")
+        return
+    payloads = _Payloads(model)
+    await response.start_events()
+    if garbage.kind == "null_delta":
+        choice = {"index": 0, "delta": None, "finish_reason": None}
+        await response.send_event(json.dumps({"id": "x", "object": "chat.completion.chunk",
+                                              "created": _now(), "model": model,
+                                              "choices": [choice]}))
+    else:
+        await response.send_event(payloads.chunk({"content": "Sure. "}))
+        await response.send_event("{not json")
+    await response.send_event("[DONE]")
+    await response.end_events()
 
 
 async def _send_failure(response: HttpResponse, failure: ErrorStatus) -> None:

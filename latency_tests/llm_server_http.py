@@ -234,6 +234,12 @@ class HttpResponse:
         error = {"message": message, "type": error_type, "param": None, "code": code}
         await self.send_json(status, {"error": error}, headers)
 
+    async def send_page(self, status: int, body: bytes, content_type: str) -> None:
+        """Any other body (an HTML error page from a proxy, say)."""
+        length = ("content-length", str(len(body)))
+        await self._write(ResponseHead(status, (*self._common(content_type), length))
+                          .serialize() + body)
+
     async def start_events(self) -> None:
         """Send the head of a server-sent event stream."""
         if not self._chunked:  # HTTP/1.0: the body ends when the connection closes

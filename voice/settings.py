@@ -54,6 +54,9 @@ class Settings:
     llm_first_token_timeout_s: float = _opt(
         3.0, "Seconds an LLM endpoint may take to its first token before the turn moves to "
         "the fallback endpoint (at most llm_timeout_s).")
+    llm_reply_timeout_s: float = _opt(
+        60.0, "Longest an LLM endpoint may take for a whole reply; a slower one (a token "
+        "every few seconds, for ever) ends the turn with an apology.")
     llm_fallback_url: str = _opt("", "Second OpenAI-compatible endpoint, tried within the same "
                                  "turn when the first fails (empty: none).",
                                  env="VOICE_LLM_FALLBACK_BASE_URL")
@@ -247,6 +250,7 @@ class Settings:
             (self.realtime_fallback in ("cascade", "hangup"),
              "realtime_fallback must be cascade or hangup"),
             (self.llm_first_token_timeout_s > 0, "llm_first_token_timeout_s must be positive"),
+            (self.llm_reply_timeout_s > 0, "llm_reply_timeout_s must be positive"),
             (0 <= self.breaker_failure_ratio < 1, "breaker_failure_ratio must be 0-1"),
             (self.breaker_min_failures >= 1, "breaker_min_failures must be at least 1"),
             (0 < self.breaker_open_s <= self.breaker_max_open_s and self.breaker_window_s > 0,

@@ -60,62 +60,103 @@ class LanguageModel(Protocol):
 
 
 class OpenAIChat:
-    """Streaming chat completions; a first-token and inter-token timeout bounds each turn."""
+    """Streaming chat completions, checked: a first-token and an inter-token timeout,
+    an overall deadline for the whole reply, and a stream that is not one (malformed
+    JSON, chunks without a delta, an HTML page with status 200, no text at all) is a
+    `ProviderError` (`llm_bad_output`): the turn gets its apology and the endpoint's
+    breaker counts a failure."""
 
     def __init__(self, base_url: str | None, api_key: str, model: str, timeout_s: float,
-                 max_tokens: int, first_token_timeout_s: float | None = None) -> None:
+                 max_tokens: int, first_token_timeout_s: float | None = None,
+                 reply_timeout_s: float = 60.0) -> None:
         self._client = openai.AsyncOpenAI(base_url=base_url or None, api_key=api_key or "none",
                                           max_retries=0, timeout=timeout_s)
         self._model = model
         self._timeout_s = timeout_s
         self._first_token_timeout_s = first_token_timeout_s or timeout_s
+        self._reply_timeout_s = reply_timeout_s
         self._max_tokens = max_tokens
         self.name = f"openai-compatible:{base_url or 'api.openai.com'}:{model}"
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
-        first = True
+        clock = _ReplyClock(self._first_token_timeout_s, self._timeout_s, self._reply_timeout_s)
         try:
-            async with asyncio.timeout(self._first_token_timeout_s):
+            async with asyncio.timeout(clock.wait()):
                 response: Any = await self._client.chat.completions.create(
                     model=self._model, messages=messages,  # type: ignore[arg-type]
                     stream=True, max_tokens=self._max_tokens)
             try:
                 iterator = aiter(response)
                 while True:
-                    wait = self._first_token_timeout_s if first else self._timeout_s
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(clock.wait()):
                         chunk = await anext(iterator, None)
                     if chunk is None:
-                        return
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        first = False
-                        yield chunk.choices[0].delta.content
+                        break
+                    if text := _content(chunk):
+                        clock.first = False
+                        yield text
             finally:
                 await response.close()
         except TimeoutError as exc:
-            wait = self._first_token_timeout_s if first else self._timeout_s
-            raise ProviderTimeout(f"LLM gave no {'first ' if first else ''}token within "
-                                  f"{wait:g} s", provider=self.name, code="llm_timeout") from exc
-        except openai.RateLimitError as exc:
-            raise ProviderRateLimited("LLM rate limit (HTTP 429)", provider=self.name,
-                                      code="llm_rate_limited",
-                                      retry_after_s=retry_after_s(
-                                          exc.response.headers.get("retry-after"))) from exc
-        except openai.APITimeoutError as exc:
-            raise ProviderTimeout("LLM request timed out", provider=self.name,
-                                  code="llm_timeout") from exc
-        except openai.APIStatusError as exc:
-            raise ProviderError(f"LLM endpoint answered HTTP {exc.status_code}",
-                                provider=self.name, code="llm_error") from exc
-        except openai.APIConnectionError as exc:
-            raise ProviderError("LLM endpoint unreachable", provider=self.name,
-                                code="llm_unreachable") from exc
+            raise ProviderTimeout(clock.why(), provider=self.name, code="llm_timeout") from exc
         except openai.OpenAIError as exc:
-            raise ProviderError(f"LLM failed: {type(exc).__name__}", provider=self.name,
-                                code="llm_error") from exc
+            raise _translate(exc, self.name) from exc
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # not SSE, not JSON
+            raise ProviderError(f"LLM stream malformed ({type(exc).__name__})",
+                                provider=self.name, code="llm_bad_output") from exc
+        if clock.first:
+            raise ProviderError("LLM answered with no text (not a chat completion stream?)",
+                                provider=self.name, code="llm_bad_output")
 
     async def close(self) -> None:
         await self._client.close()
+
+
+class _ReplyClock:
+    """How long the next wait may be: the first-token or inter-token timeout, and never
+    past the deadline of the whole reply."""
+
+    def __init__(self, first_token_s: float, between_s: float, reply_s: float) -> None:
+        self._first_token_s, self._between_s = first_token_s, between_s
+        self._deadline = asyncio.get_running_loop().time() + reply_s
+        self._reply_s = reply_s
+        self.first = True
+        self._last_wait = first_token_s
+
+    def wait(self) -> float:
+        left = self._deadline - asyncio.get_running_loop().time()
+        self._last_wait = min(self._first_token_s if self.first else self._between_s,
+                              max(0.0, left))
+        return self._last_wait
+
+    def why(self) -> str:
+        if self._deadline <= asyncio.get_running_loop().time():
+            return f"LLM reply took longer than {self._reply_s:g} s"
+        return (f"LLM gave no {'first ' if self.first else ''}token within "
+                f"{self._last_wait:g} s")
+
+
+def _content(chunk: Any) -> str:
+    """The text of one streamed chunk; "" for a chunk without one (role, usage, null)."""
+    choices = getattr(chunk, "choices", None) or []
+    delta = getattr(choices[0], "delta", None) if choices else None
+    content = getattr(delta, "content", None)
+    return content if isinstance(content, str) else ""
+
+
+def _translate(exc: openai.OpenAIError, name: str) -> ProviderError:
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderRateLimited("LLM rate limit (HTTP 429)", provider=name,
+                                   code="llm_rate_limited", retry_after_s=retry_after_s(
+                                       exc.response.headers.get("retry-after")))
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderTimeout("LLM request timed out", provider=name, code="llm_timeout")
+    if isinstance(exc, openai.APIStatusError):
+        return ProviderError(f"LLM endpoint answered HTTP {exc.status_code}", provider=name,
+                             code="llm_error")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError("LLM endpoint unreachable", provider=name, code="llm_unreachable")
+    return ProviderError(f"LLM failed: {type(exc).__name__}", provider=name, code="llm_error")
 
 
 class DemoResponder:

@@ -37,7 +37,8 @@ def build_llm(settings: Settings) -> LanguageModel:
     first_token_s = min(s.llm_first_token_timeout_s, s.llm_timeout_s)
     return LLMChain([
         Endpoint(OpenAIChat(base_url=url, api_key=key, model=model, timeout_s=s.llm_timeout_s,
-                            max_tokens=s.llm_max_tokens, first_token_timeout_s=first_token_s),
+                            max_tokens=s.llm_max_tokens, first_token_timeout_s=first_token_s,
+                            reply_timeout_s=s.llm_reply_timeout_s),
                  breaker_for(f"llm:{url or 'api.openai.com'}:{model}", s))
         for url, key, model in endpoints])
 

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from clients.ws_client import VoiceClient
-from latency_tests.llm_server import ErrorStatus, Hang, LLMServer
+from latency_tests.llm_server import ErrorStatus, Garbage, Hang, LLMServer
 from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
@@ -99,13 +99,16 @@ async def test_sessions_over_the_cap_are_refused_with_a_reason(service: RunningS
             await client.close()
 
 
-@pytest.mark.parametrize("failure", ["http 500", "http 429", "hang"])
+@pytest.mark.parametrize("failure", ["http 500", "http 429", "hang", "html page",
+                                     "null deltas"])
 async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         service: RunningService, fresh_llm: LLMServer, whisper: WhisperSTT,
         utterances: dict[str, dict[str, str]], failure: str) -> None:
     fresh_llm.behaviour.always_fail = {
-        "http 500": ErrorStatus(500), "http 429": ErrorStatus(429), "hang": Hang()}[failure]
-    code = {"http 500": "llm_error", "http 429": "llm_rate_limited", "hang": "llm_timeout"}
+        "http 500": ErrorStatus(500), "http 429": ErrorStatus(429), "hang": Hang(),
+        "html page": Garbage("html"), "null deltas": Garbage("null_delta")}[failure]
+    code = {"http 500": "llm_error", "http 429": "llm_rate_limited", "hang": "llm_timeout",
+            "html page": "llm_bad_output", "null deltas": "llm_bad_output"}
     async with VoiceClient(service.url) as client:
         await converse(client, utterances["joke"]["path"])
         error = client.events_of("error")

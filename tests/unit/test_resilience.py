@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from latency_tests.llm_server import Drop, ErrorStatus, Hang, LLMServer
+from latency_tests.llm_server import Drop, ErrorStatus, Garbage, Hang, LLMServer
 from pipelines.providers.llm import (
     TURN_TRACE,
     Endpoint,
@@ -134,10 +134,11 @@ async def collect(chain: LLMChain, trace: ProviderTrace) -> str:
 
 
 def chain_of(*servers: LLMServer, first_token_s: float = 0.5,
-             clock: Clock | None = None) -> LLMChain:
+             clock: Clock | None = None, reply_s: float = 60.0) -> LLMChain:
     return LLMChain([
         Endpoint(OpenAIChat(base_url=s.base_url, api_key="k", model="m", timeout_s=2.0,
-                            max_tokens=50, first_token_timeout_s=first_token_s),
+                            max_tokens=50, first_token_timeout_s=first_token_s,
+                            reply_timeout_s=reply_s),
                  CircuitBreaker(f"llm{i}", BreakerPolicy(open_s=30),
                                 clock=clock or Clock()))
         for i, s in enumerate(servers)])
@@ -191,6 +192,40 @@ async def test_when_every_endpoint_fails_the_last_error_is_raised() -> None:
             await collect(chain_of(primary, fallback), ProviderTrace())
         assert caught.value.code == "llm_error"
         assert "503" in caught.value.message
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("garbage", ["json", "null_delta", "html"])
+async def test_output_that_is_no_chat_stream_is_a_failure_the_breaker_counts(
+        garbage: str) -> None:
+    """A malformed stream, chunks with a null delta, an HTML page with status 200: each
+    used to end the turn as a bug (no apology) or as an empty success."""
+    async with LLMServer() as primary, LLMServer() as fallback:
+        primary.behaviour.always_fail = Garbage(garbage)
+        fallback.behaviour.reply = "From the fallback."
+        chain = chain_of(primary, fallback)
+        trace = ProviderTrace()
+        out = await collect(chain, trace)
+        assert out.endswith("From the fallback.")
+        assert trace.fallbacks == [f"{chain.endpoints[0].model.name}: llm_bad_output"]
+        await collect(chain, ProviderTrace())
+        assert chain.endpoints[0].breaker.state is BreakerState.OPEN  # two failures of two
+        with pytest.raises(ProviderError) as caught:
+            await collect(chain_of(primary), ProviderTrace())
+        assert caught.value.code == "llm_bad_output"
+
+
+@pytest.mark.asyncio
+async def test_a_reply_slower_than_its_deadline_is_cut() -> None:
+    """A token every 0.3 s is within the inter-token timeout, for ever: the reply's
+    deadline ends it."""
+    async with LLMServer() as slow:
+        slow.behaviour.reply = " ".join(["word"] * 50)
+        slow.behaviour.token_interval = 0.3
+        with pytest.raises(ProviderError) as caught:
+            await collect(chain_of(slow, reply_s=1.0), ProviderTrace())
+        assert caught.value.code == "llm_timeout"
+        assert "longer than 1 s" in caught.value.message
 
 
 def test_retry_after_zero_means_try_again_now() -> None:
