@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voice.errors import ConfigError
+from voice.redact import redact_url
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000, 48000)
 DEFAULT_SYSTEM_PROMPT = (
@@ -265,7 +266,11 @@ class Settings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = "***" if f.metadata.get("secret") and value else value
+            if f.metadata.get("secret") and value:
+                value = "***"
+            elif isinstance(value, str) and "://" in value:
+                value = redact_url(value)  # a URL may carry credentials of its own
+            out[f.name] = value
         return out
 
     @classmethod

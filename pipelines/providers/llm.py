@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import openai
 
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.redact import redact_url
 from voice.resilience import CircuitBreaker, retry_after_s
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class OpenAIChat:
         self._first_token_timeout_s = first_token_timeout_s or timeout_s
         self._reply_timeout_s = reply_timeout_s
         self._max_tokens = max_tokens
-        self.name = f"openai-compatible:{base_url or 'api.openai.com'}:{model}"
+        self.name = f"openai-compatible:{redact_url(base_url or '') or 'api.openai.com'}:{model}"
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         clock = _ReplyClock(self._first_token_timeout_s, self._timeout_s, self._reply_timeout_s)

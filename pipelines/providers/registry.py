@@ -14,6 +14,7 @@ from pipelines.providers.remote import RemoteSTT, RemoteTTS
 from pipelines.providers.stt import SpeechToText, WhisperSTT
 from pipelines.providers.tts import PiperTTS, TextToSpeech
 from voice.errors import ProviderError
+from voice.redact import redact_url
 from voice.resilience import BreakerPolicy, CircuitBreaker
 from voice.settings import Settings
 
@@ -39,7 +40,7 @@ def build_llm(settings: Settings) -> LanguageModel:
         Endpoint(OpenAIChat(base_url=url, api_key=key, model=model, timeout_s=s.llm_timeout_s,
                             max_tokens=s.llm_max_tokens, first_token_timeout_s=first_token_s,
                             reply_timeout_s=s.llm_reply_timeout_s),
-                 breaker_for(f"llm:{url or 'api.openai.com'}:{model}", s))
+                 breaker_for(f"llm:{redact_url(url or '') or 'api.openai.com'}:{model}", s))
         for url, key, model in endpoints])
 
 
@@ -55,7 +56,7 @@ def load_models(settings: Settings) -> CascadeModels:
     stt: SpeechToText
     if s.stt_url:
         stt = RemoteSTT(s.stt_url, s.stt_api_key, s.stt_remote_model, s.stt_language,
-                        s.remote_timeout_s, breaker_for(f"stt:{s.stt_url}", s))
+                        s.remote_timeout_s, breaker_for(f"stt:{redact_url(s.stt_url)}", s))
         log.info("speech-to-text: remote %s", stt.name)
     else:
         stt = WhisperSTT.load(s.stt_model, s.stt_device, s.stt_compute_type, s.stt_threads,
@@ -65,7 +66,7 @@ def load_models(settings: Settings) -> CascadeModels:
     tts: TextToSpeech
     if s.tts_url:
         tts = RemoteTTS(s.tts_url, s.tts_api_key, s.tts_remote_model, s.tts_remote_voice,
-                        s.remote_timeout_s, breaker_for(f"tts:{s.tts_url}", s))
+                        s.remote_timeout_s, breaker_for(f"tts:{redact_url(s.tts_url)}", s))
         log.info("text-to-speech: remote %s", tts.name)
     else:
         tts = PiperTTS.load(s.tts_voice, s.tts_voice_config)

@@ -33,6 +33,7 @@ from voice.audio import (
     pcm16_bytes_to_array,
 )
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.redact import redact_url
 from voice.resilience import CircuitBreaker, retry_after_s
 
 
@@ -100,7 +101,7 @@ class RemoteSTT:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._language = language
-        self.name = f"openai-audio:{base_url}:{model}"
+        self.name = f"openai-audio:{redact_url(base_url)}:{model}"
         self.breaker = breaker
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
@@ -130,7 +131,7 @@ class RemoteTTS:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
         self._voice = voice
-        self.name = f"openai-audio:{base_url}:{model}:{voice}"
+        self.name = f"openai-audio:{redact_url(base_url)}:{model}:{voice}"
         self.breaker = breaker
 
     async def synthesize(self, text: str) -> Int16Array:

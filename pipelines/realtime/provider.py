@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from voice.errors import ProtocolError, ProviderError, ProviderRateLimited, ProviderTimeout
+from voice.redact import redact_url
 from wire.openai_realtime import server_events as rt
 from wire.openai_realtime.client_events import encode, provider_url
 from wire.openai_realtime.server_events import ServerEvent, parse_server_event
@@ -82,7 +83,7 @@ class WebSocketProvider:
         self._url = provider_url(url, model)
         self._api_key = api_key
         self._timeout_s = timeout_s
-        parts = urlsplit(url)
+        parts = urlsplit(redact_url(url))
         self.name = f"realtime:{parts.netloc}{parts.path}:{model}"
 
     @contextlib.asynccontextmanager

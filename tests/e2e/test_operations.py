@@ -89,6 +89,31 @@ async def test_metrics_move_with_a_real_turn(
                line["message"] for line in lines)
 
 
+async def test_credentials_in_urls_are_shown_nowhere(
+        llm: LLMServer, fresh_llm: LLMServer, tmp_path_factory: pytest.TempPathFactory,
+        utterances: dict[str, dict[str, str]]) -> None:
+    """An endpoint URL with credentials in it (https://user:secret@host/v1) used to appear
+    in /healthz, metric labels, every turn.latency event and the startup log."""
+    secret = "hunter2-in-the-url"
+    url = llm.base_url.replace("http://", f"http://gateway:{secret}@")
+    service = start_service(tmp_path_factory.mktemp("secret-url"), {
+        "OPENAI_BASE_URL": url, "VOICE_STT_URL": url.replace("/v1", "/nowhere/v1"),
+        "VOICE_LOG_LEVEL": "DEBUG"}, name="secret-url")
+    try:
+        async with VoiceClient(service.url) as client:
+            await converse(client, utterances["weather"]["path"])
+        health = json.dumps(await asyncio.to_thread(service.health))
+        _, metrics = await asyncio.to_thread(get, f"{service.url}/metrics")
+    finally:
+        stop_service(service)
+    latency = client.events_of("turn.latency")
+    assert latency and "gateway" not in json.dumps(client.record.events)
+    assert latency[0]["provider"].startswith("openai-compatible:http://***@127.0.0.1:")
+    for shown in (health, metrics.decode(), service.log(), json.dumps(client.record.events)):
+        assert secret not in shown
+    assert "***@127.0.0.1" in health
+
+
 async def test_sigterm_drains_active_calls_then_says_goodbye(
         worker: RunningService, fresh_llm: LLMServer,
         utterances: dict[str, dict[str, str]]) -> None:
