@@ -39,13 +39,14 @@ from service.static import StaticFiles
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
 from transports.websocket.server import WebSocketTransport
+from voice.admission import Admission, Refused
 from voice.clock import MONOTONIC, Clock
 from voice.errors import ProtocolError, VoiceError
 from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
 from voice.session import Pipeline, PipelineFactory, Session, SessionIO
 from voice.settings import Settings
-from wire.websocket import CLOSE_GOING_AWAY
+from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
 GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard, during a drain
@@ -77,6 +78,7 @@ class Service:
         self.models = models
         self.clock = clock
         self.draining = False
+        self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address)
         self.live: dict[str, tuple[Session, LiveSession]] = {}
         self._frames_ended = {"dropped": 0, "concealed": 0}  # of sessions that ended
         self.metrics = ServiceMetrics(self.live_sessions, self.load, self.breakers,
@@ -90,8 +92,8 @@ class Service:
         self.webrtc = WebRTCTransport(settings, self._factory_for("webrtc"), clock,
                                       self.open_sessions)
         self.static = StaticFiles()
-        self.sip = (SipBridge(settings, self._factory_for("sip"), clock) if settings.sip_port
-                    else None)
+        self.sip = (SipBridge(settings, self._factory_for("sip"), clock, self.admission)
+                    if settings.sip_port else None)
         self._server: Server | None = None
         self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key)
                           if settings.audio_api_port else None)
@@ -146,7 +148,7 @@ class Service:
         """Ready: models loaded (always, once listening), not draining, below capacity;
         with the load, so that a balancer can prefer the least-loaded worker."""
         load = self.load()
-        at_capacity = self.open_sessions() >= self.settings.max_sessions
+        at_capacity = self.admission.refusal("") is not None
         failure = None if self.sip is None else self.sip.failure
         ready = not load.draining and not at_capacity and failure is None
         return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
@@ -183,12 +185,19 @@ class Service:
 
     async def route(self, connection: ServerConnection) -> None:
         path = connection.request.path.partition("?")[0] if connection.request else ""
-        if path == "/rtc":
-            await self.webrtc.handle(connection)
-        elif path == REALTIME_API_PATH:
+        if path == REALTIME_API_PATH:
             await self.realtime_api.handle(connection)
-        else:
-            await self.websocket.handle(connection)
+            return
+        ticket = self.admission.take(str(connection.remote_address[0]))
+        if isinstance(ticket, Refused):  # raced past the HTTP check with others: too late
+            log.warning("refused a session on %s: %s", path, ticket.message)
+            await connection.close(CLOSE_TRY_AGAIN, ticket.message[:120])
+            return
+        with ticket:
+            if path == "/rtc":
+                await self.webrtc.handle(connection)
+            else:
+                await self.websocket.handle(connection)
 
     def health(self) -> dict[str, object]:
         return {
@@ -223,12 +232,12 @@ class Service:
                                  b"draining: this worker is shutting down; connect to "
                                  b"another\n", "text/plain", retry_after=5)
         if path in ("/ws", "/rtc"):
-            if self.open_sessions() >= self.settings.max_sessions:
-                log.warning("refused a session: at capacity (%d)", self.settings.max_sessions)
-                return http_response(
-                    HTTPStatus.SERVICE_UNAVAILABLE,
-                    f"at capacity: {self.settings.max_sessions} sessions open; "
-                    "try again later\n".encode(), "text/plain")
+            refused = self.admission.refusal(str(connection.remote_address[0]))
+            if refused is not None:
+                log.warning("refused a session: %s", refused.message)
+                return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                     f"{refused.message}\n".encode(), "text/plain",
+                                     retry_after=5)
             return None
         if path == REALTIME_API_PATH and self.realtime_api.at_capacity():
             log.warning("refused a realtime API session: at capacity")

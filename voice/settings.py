@@ -142,7 +142,11 @@ class Settings:
     dtmf_hangup_message: str = _opt("Connecting you to a person. Goodbye.",
                                     "Spoken before hanging up on the hang-up digit.")
     # Sessions and limits
-    max_sessions: int = _opt(20, "Concurrent sessions; more are refused with HTTP 503.")
+    max_sessions: int = _opt(20, "Concurrent sessions (WebSocket, WebRTC and SIP together); "
+                             "more are refused with HTTP 503 (SIP 503).")
+    max_sessions_per_address: int = _opt(
+        0, "Concurrent sessions from one source address; more are refused with HTTP 503 "
+        "(SIP 486); 0: no such limit.")
     max_message_bytes: int = _opt(131072, "Largest client WebSocket message accepted.")
     idle_timeout_s: float = _opt(60.0, "Close a session whose client sent nothing this long.")
     playout_lead_ms: int = _opt(200, "How far ahead of real time reply audio is sent.")
@@ -226,6 +230,7 @@ class Settings:
              "min_wait_ms and max_wait_ms must be 0-10000"),
             (self.barge_in_pause_ms >= self.vad_frame_ms, "barge_in_pause_ms below one frame"),
             (self.max_sessions >= 1, "max_sessions must be at least 1"),
+            (self.max_sessions_per_address >= 0, "max_sessions_per_address must be >= 0"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),

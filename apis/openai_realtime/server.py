@@ -3,7 +3,10 @@
 Clients written for the OpenAI Realtime API connect here (the official `openai`
 library with `base_url="http://HOST:PORT/v1"`); the `model` query parameter is
 echoed in the session and otherwise ignored. Authorization headers are accepted and
-not checked (put the service behind your own gateway). docs/realtime.md.
+not checked (put the service behind your own gateway). At most `max_sessions`
+connections, counted apart from the caller-facing transports' sessions: the realtime
+pipeline may use this very endpoint as its provider, one connection per caller.
+docs/realtime.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from apis.openai_realtime.connection import RealtimeApiConnection
 from pipelines.providers.models import CascadeModels
 from voice.settings import Settings
-from wire.websocket import parse_query_param
+from wire.websocket import CLOSE_TRY_AGAIN, parse_query_param
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ class RealtimeApiEndpoint:
         return len(self.connections) >= self._settings.max_sessions
 
     async def handle(self, ws: ServerConnection) -> None:
+        if self.at_capacity():  # raced past the HTTP check with others: checked and taken
+            await ws.close(CLOSE_TRY_AGAIN, "at capacity")  # here, with no await between
+            return
         query = ws.request.path.partition("?")[2] if ws.request else ""
         model = parse_query_param(query, "model") or DEFAULT_MODEL
         connection = RealtimeApiConnection(ws, self._models, self._settings, model[:100])

@@ -21,6 +21,7 @@ from latency_tests.llm_server import LLMServer
 from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
+    SERVICE_ENV,
     RunningService,
     converse,
     speak,
@@ -162,6 +163,27 @@ async def main(url, path):
 
 asyncio.run(main(*sys.argv[1:]))
 """
+
+
+async def test_concurrent_offers_never_exceed_the_session_cap(
+        rtc_service: RunningService) -> None:
+    """Offers arriving together once all passed the capacity check before any of them
+    was counted (six against a cap of three made six sessions): the cap is now taken in
+    one step with the check."""
+    cap = int(SERVICE_ENV["VOICE_MAX_SESSIONS"])
+    clients = [RtcClient(rtc_service.url) for _ in range(cap + 3)]
+    outcomes = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
+    try:
+        connected = [c for c, o in zip(clients, outcomes, strict=True) if o is None]
+        assert len(connected) == cap, outcomes
+        health = await asyncio.to_thread(rtc_service.health)
+        assert health["sessions"] == cap
+        refused = [o for o in outcomes if o is not None]
+        assert all(isinstance(o, ConnectionError | websockets.InvalidStatus) for o in refused)
+    finally:
+        for client in clients:
+            await client.close()
+    await wait_no_sessions(rtc_service)
 
 
 async def test_a_peer_that_vanishes_mid_reply_is_cleaned_up(

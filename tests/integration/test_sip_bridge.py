@@ -18,6 +18,7 @@ import pytest
 from clients.sip_client import SipPhone
 from tests.sip.sipp import SIPP, g711_wav, run_sipp, scenario
 from transports.sip.bridge import SipBridge
+from voice.admission import Admission
 from voice.audio import Int16Array
 from voice.clock import MONOTONIC
 from voice.errors import ProtocolError, SipError
@@ -84,11 +85,12 @@ def free_udp_port() -> int:
 
 
 @asynccontextmanager
-async def running_bridge(**overrides: object) -> AsyncIterator[tuple[SipBridge, Stubs]]:
+async def running_bridge(admission: Admission | None = None,
+                         **overrides: object) -> AsyncIterator[tuple[SipBridge, Stubs]]:
     values: dict[str, object] = {"sip_rtp_timeout_s": 30.0, **overrides}
     settings = replace(Settings(), **values)  # type: ignore[arg-type]
     stubs = Stubs()
-    bridge = SipBridge(settings, stubs.lookup, MONOTONIC)
+    bridge = SipBridge(settings, stubs.lookup, MONOTONIC, admission)
     await bridge.start(port=0)
     try:
         yield bridge, stubs
@@ -262,6 +264,28 @@ async def test_a_flood_from_a_blocked_address_is_never_read(
         assert stats.blocked == stats.received >= 9_900  # (loopback UDP may drop a few)
         assert stats.malformed == stats.failed == 0
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("per_address, status", [(0, 503), (1, 486)])
+async def test_calls_count_among_the_workers_sessions(per_address: int, status: int) -> None:
+    """A call takes its place among all the worker's sessions: at capacity the INVITE
+    gets 503 with Retry-After (a dispatcher tries another worker), over the caller
+    address's own limit 486; the place is given back when the call ends."""
+    admission = Admission(max_sessions=2 if per_address else 1, per_address=per_address)
+    async with running_bridge(admission) as (bridge, _):
+        async with SipPhone(target(bridge), events=False):
+            assert admission.open == 1
+            with pytest.raises(SipError) as caught:
+                async with SipPhone(target(bridge), events=False):
+                    pass
+            assert caught.value.status == status
+        for _ in range(50):
+            if admission.open == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert admission.open == 0
+        async with SipPhone(target(bridge), events=False):
+            pass
 
 
 async def test_calls_beyond_the_limit_get_486() -> None:

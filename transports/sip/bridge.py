@@ -34,6 +34,7 @@ from transports.sip.media_clock import MediaClock
 from transports.sip.outbound import Outbound
 from transports.sip.register import Registration
 from transports.sip.uac import ALLOW, Credentials
+from voice.admission import Admission, Refused, Ticket
 from voice.clock import Clock
 from voice.errors import ConfigError, ProtocolError, SipError
 from voice.events import Event
@@ -59,6 +60,7 @@ DTMF_INFO_TYPES = ("application/dtmf-relay", "application/dtmf")
 @dataclass
 class _Ringing:
     transaction: ServerTransaction
+    ticket: Ticket | None  # its place among the worker's sessions
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -68,8 +70,10 @@ DRAINING_HEADERS = (("Retry-After", str(DRAINING_RETRY_AFTER_S)),
 
 
 class SipBridge:
-    def __init__(self, settings: Settings, pipelines: FactoryLookup, clock: Clock) -> None:
+    def __init__(self, settings: Settings, pipelines: FactoryLookup, clock: Clock,
+                 admission: Admission | None = None) -> None:
         self.settings = settings
+        self._admission = admission  # the worker's count of sessions, shared with the rest
         self._pipelines = pipelines
         self.draining = False  # SIGTERM: new calls and OPTIONS probes get 503
         self._clock = clock
@@ -256,7 +260,7 @@ class SipBridge:
             call.reinvite(transaction)
             return
         self._check_new_call(transaction)
-        ringing = _Ringing(transaction)
+        ringing = _Ringing(transaction, self._admit(transaction))
         self._ringing[request.call_id] = ringing
         self.endpoint.reply(transaction, 100)
         self.spawn(self._answer(ringing), f"sip-call-{request.call_id[:16]}")
@@ -283,6 +287,21 @@ class SipBridge:
         if request.body and request.content_type != "application/sdp":
             self.endpoint.reply(transaction, 415, headers=(("Accept", "application/sdp"),))
             raise _Handled
+
+    def _admit(self, transaction: ServerTransaction) -> Ticket | None:
+        """A place among the worker's sessions, or the INVITE is answered here: 503 with
+        Retry-After at capacity (a dispatcher tries another worker), 486 for a caller
+        address over its own limit."""
+        if self._admission is None:
+            return None
+        ticket = self._admission.take(transaction.address[0])
+        if isinstance(ticket, Refused):
+            status = 503 if ticket.code == "capacity" else 486
+            self.endpoint.reply(transaction, status, headers=(
+                ("Retry-After", str(DRAINING_RETRY_AFTER_S)),
+                ("Warning", f'399 - "{ticket.message[:100]}"')))
+            raise _Handled
+        return ticket
 
     def _unavailable_headers(self) -> tuple[tuple[str, str], ...]:
         if self.draining or self.failure is None:
@@ -325,9 +344,16 @@ class SipBridge:
             return
         finally:
             self._ringing.pop(request.call_id, None)
-            if socket is not None and request.call_id not in self.calls:
-                socket.close()
-        await self.run_call(call, factory)
+            if request.call_id not in self.calls:
+                if socket is not None:
+                    socket.close()
+                if ringing.ticket is not None:
+                    ringing.ticket.release()
+        try:
+            await self.run_call(call, factory)
+        finally:
+            if ringing.ticket is not None:
+                ringing.ticket.release()
 
     def _new_call(self, transaction: ServerTransaction, socket: RtpSocket) -> SipCall:
         request = transaction.request
