@@ -15,7 +15,7 @@ from typing import Protocol
 
 from voice.audio import Int16Array
 from voice.clock import Clock
-from voice.events import DtmfReceived, Event
+from voice.events import DtmfReceived, ErrorOccurred, Event
 from voice.logs import SESSION_ID
 from voice.playout import Playout
 
@@ -48,6 +48,33 @@ class Pipeline(Protocol):
         ...
 
     async def handle_dtmf(self, digit: str) -> None: ...
+
+
+MAX_INPUT_SPEED = 1.5  # caller audio faster than this x real time is dropped ...
+INPUT_BURST_S = 2.0  # ... beyond a burst this long (a client catching up after a stall)
+
+
+class InputPace:
+    """A token bucket over the caller's audio: it refills at `MAX_INPUT_SPEED` x real
+    time and holds `INPUT_BURST_S` of audio. A microphone never empties it; a client
+    that uploads a recording as fast as its link allows does, and the excess is
+    dropped, so one session cannot fill the shared models with minutes of audio."""
+
+    def __init__(self, rate: int, now_ns: int) -> None:
+        self._rate = rate
+        self._capacity = INPUT_BURST_S * rate
+        self._tokens = self._capacity
+        self._at_ns = now_ns
+
+    def admit(self, samples: int, now_ns: int) -> bool:
+        elapsed = max(0, now_ns - self._at_ns) / 1e9
+        self._at_ns = now_ns
+        self._tokens = min(self._capacity,
+                           self._tokens + elapsed * MAX_INPUT_SPEED * self._rate)
+        if samples > self._tokens:
+            return False
+        self._tokens -= samples
+        return True
 
 
 PipelineFactory = Callable[["Session"], Pipeline]
@@ -84,6 +111,8 @@ class Session:
         self.ended = asyncio.Event()  # set when run() returns, however it ends
         self.frames_dropped = 0  # caller audio frames lost (late or unusable)
         self.frames_concealed = 0  # caller audio frames made up for lost ones
+        self._pace = InputPace(sample_rate, clock.now_ns())
+        self._warned_fast_ns: int | None = None
 
     def emit(self, event: Event) -> None:
         """Queue an event for the client; never blocks the caller."""
@@ -92,8 +121,18 @@ class Session:
             observer(event)
 
     def push_audio(self, samples: Int16Array) -> None:
-        if self.pipeline is not None and samples.size:
-            self.pipeline.push_audio(samples, self.clock.now_ns())
+        if self.pipeline is None or not samples.size:
+            return
+        now = self.clock.now_ns()
+        if not self._pace.admit(len(samples), now):
+            self.frames_dropped += 1
+            if self._warned_fast_ns is None or now - self._warned_fast_ns > 1_000_000_000:
+                self._warned_fast_ns = now  # one error event a second, not one a frame
+                self.emit(ErrorOccurred(code="audio_too_fast", message=(
+                    f"audio is arriving faster than {MAX_INPUT_SPEED:g}x real time; "
+                    "the excess is dropped")))
+            return
+        self.pipeline.push_audio(samples, now)
 
     async def on_dtmf(self, digit: str) -> None:
         """A keypad digit from the caller (SIP RFC 4733, or a client message)."""

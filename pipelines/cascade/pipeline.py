@@ -76,7 +76,7 @@ class CascadePipeline:
         config = TurnConfig.from_settings(settings)
         self._listener = Listener(config, io.sample_rate)
         self._floor = Floor(self, config.barge_in_confirm_ms, config.continuation_window_ms,
-                            PIPELINE_RATE)
+                            PIPELINE_RATE, config.max_turn_s)
         self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
         self.history: list[dict[str, str]] = []
         self._turn_id = 0

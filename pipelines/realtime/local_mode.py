@@ -65,7 +65,8 @@ class LocalTurnTaking:
         self._clock = clock
         self._turns = LocalTurns(options.turns, session_rate, provider_rate)
         self._floor = Floor(host, options.turns.barge_in_confirm_ms,
-                            options.turns.continuation_window_ms, provider_rate)
+                            options.turns.continuation_window_ms, provider_rate,
+                            options.turns.max_turn_s)
         self._reader = TurnReader(self._turns.listener, stt, options.no_speech_threshold,
                                   host.spawn)
         self._streaming = False  # the current turn's audio is being kept

@@ -49,6 +49,9 @@ async def abuse(url: str) -> dict[str, tuple[int | None, str]]:
         await expect_error(client, "invalid_message")
         await client.send_raw('{"type": "dtmf", "digit": NaN}')
         await expect_error(client, "invalid_message")
+        for _ in range(30):  # a minute of audio at once: uploaded, not spoken
+            await client.send_raw(b"\x10\x00" * 30000)
+        await expect_error(client, "audio_too_fast")
         await still_alive(client)
         await client.send_raw(b"\x00" * (int(SERVICE_ENV["VOICE_MAX_MESSAGE_BYTES"]) + 2))
         await expect_error(client, "message_too_large")

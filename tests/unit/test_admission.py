@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voice.admission import Admission, Refused, Ticket
+from voice.session import INPUT_BURST_S, MAX_INPUT_SPEED, InputPace
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +30,16 @@ def test_one_address_holds_at_most_its_share() -> None:
     with held[0]:  # a ticket is a context manager: released on leaving it
         pass
     assert isinstance(admission.take("192.0.2.7"), Ticket)
+
+
+def test_audio_faster_than_real_time_is_cut_to_its_pace() -> None:
+    """A microphone never runs dry; an upload of minutes of audio at once keeps only
+    its first seconds, then what the pace refills."""
+    rate, chunk, s = 16000, 320, 1_000_000_000
+    microphone = InputPace(rate, 0)
+    assert all(microphone.admit(chunk, i * s // 50) for i in range(50 * 60))  # a minute
+    upload = InputPace(rate, 0)
+    taken = sum(chunk for _ in range(50 * 60) if upload.admit(chunk, 0))
+    assert taken == INPUT_BURST_S * rate  # two seconds of the minute
+    assert upload.admit(chunk, s) and sum(
+        chunk for _ in range(500) if upload.admit(chunk, s)) < MAX_INPUT_SPEED * rate

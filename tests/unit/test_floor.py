@@ -150,3 +150,16 @@ async def test_no_transcript_in_time_counts_as_words(monkeypatch: pytest.MonkeyP
     heard = await floor.judge(asyncio.Event().wait(), turn_id=1)  # type: ignore[arg-type]
     assert heard == UNKNOWN and not floor.dismisses(heard, turn_id=1)
     assert floor.contested and host.playout.paused  # the verdict is the caller's to make
+
+
+async def test_a_continued_utterance_is_never_longer_than_a_turn() -> None:
+    host = Host()
+    floor = Floor(host, confirm_ms=900, continuation_window_ms=1000, rate=16000,
+                  max_turn_s=2.0)
+    floor.turn_started(0)
+    floor.turn_ended(np.full(16000 * 2, 1, np.int16), turn_end_ns=1000 * MS)
+    host.start_reply()
+    floor.turn_started(1500 * MS)
+    await floor.confirm("words", turn_id=2, replying_to=1)
+    joined = floor.joined(np.full(16000, 2, np.int16))
+    assert len(joined) == 16000 * 2 and (joined[-16000:] == 2).all()  # the end is kept

@@ -69,8 +69,9 @@ class HeldTurn:
 
 class Floor:
     def __init__(self, host: FloorHost, confirm_ms: float, continuation_window_ms: float,
-                 rate: int) -> None:
+                 rate: int, max_turn_s: float = 30.0) -> None:
         self._host = host
+        self._max_samples = int(max_turn_s * rate)
         self._confirm_ms = confirm_ms
         self._window_ns = int(continuation_window_ms * 1_000_000)
         self._rate = rate
@@ -143,11 +144,13 @@ class Floor:
         return self.carry.speech_start_ns if self.carry else self._speech_start_ns
 
     def joined(self, audio: Int16Array) -> Int16Array:
-        """`audio` after the carried turn, if this turn continues one."""
+        """`audio` after the carried turn, if this turn continues one; an utterance is
+        never longer than `max_turn_s`, continuations included (its end is kept)."""
         if self.carry is None or not self.carry.audio.size:
             return audio
         gap = np.zeros(self._rate * JOIN_GAP_MS // 1000, dtype=np.int16)
-        return np.concatenate([self.carry.audio, gap, audio])
+        joined = np.concatenate([self.carry.audio, gap, audio])
+        return joined[-self._max_samples:] if len(joined) > self._max_samples else joined
 
     def turn_ended(self, audio: Int16Array, turn_end_ns: int) -> None:
         """The turn (its whole utterance, `joined`) is answered: keep it, in case the
