@@ -120,6 +120,9 @@ class Service:
                 self.live[session.id] = (session, live)
                 self.metrics.session_started(live)
                 session.observers.append(functools.partial(self.metrics.observe, chosen))
+                if self.settings.max_session_s:
+                    session.time_limit = (self.settings.max_session_s,
+                                          self.settings.max_session_message)
                 return make(session)
             return chosen, build
         return lookup

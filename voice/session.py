@@ -50,6 +50,7 @@ class Pipeline(Protocol):
     async def handle_dtmf(self, digit: str) -> None: ...
 
 
+GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard
 MAX_INPUT_SPEED = 1.5  # caller audio faster than this x real time is dropped ...
 INPUT_BURST_S = 2.0  # ... beyond a burst this long (a client catching up after a stall)
 
@@ -112,6 +113,8 @@ class Session:
         self.frames_dropped = 0  # caller audio frames lost (late or unusable)
         self.frames_concealed = 0  # caller audio frames made up for lost ones
         self._pace = InputPace(sample_rate, clock.now_ns())
+        self.time_limit: tuple[float, str] | None = None  # (seconds, goodbye), set by the
+        # pipeline factory: the session ends with the goodbye when the time is up
         self._warned_fast_ns: int | None = None
 
     def emit(self, event: Event) -> None:
@@ -155,8 +158,22 @@ class Session:
                     tg.create_task(self.playout.run(), name=f"{self.id}-playout")
                 tg.create_task(self._send_events(), name=f"{self.id}-events")
                 tg.create_task(self.pipeline.run(), name=f"{self.id}-pipeline")
+                if self.time_limit is not None:
+                    tg.create_task(self._end_at_time_limit(*self.time_limit),
+                                   name=f"{self.id}-time-limit")
         finally:
             self.ended.set()
+
+    async def _end_at_time_limit(self, seconds: float, goodbye: str) -> None:
+        await asyncio.sleep(seconds)
+        log.info("session %s: time limit of %g s reached", self.id, seconds)
+        assert self.pipeline is not None
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await self.pipeline.announce(goodbye)
+        except TimeoutError:
+            log.warning("session %s: the goodbye took too long; ending anyway", self.id)
+        await self.hangup("maximum session length")
 
     async def _send_events(self) -> None:
         while True:

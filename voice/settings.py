@@ -89,6 +89,9 @@ class Settings:
         "(the local cascade serves the rest of the session) or hangup.")
     realtime_timeout_s: float = _opt(10.0, "Seconds the realtime provider may take to connect, "
                                      "to start a reply, or between events of a reply.")
+    realtime_api_idle_timeout_s: float = _opt(
+        300.0, "Close a /v1/realtime connection whose client sent no event this long (close "
+        "4008).")
     # STT
     stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.")
     stt_device: str = _opt("cpu", "CTranslate2 device.")
@@ -149,6 +152,10 @@ class Settings:
         "(SIP 486); 0: no such limit.")
     max_message_bytes: int = _opt(131072, "Largest client WebSocket message accepted.")
     idle_timeout_s: float = _opt(60.0, "Close a session whose client sent nothing this long.")
+    max_session_s: float = _opt(3600.0, "Longest session: then max_session_message is spoken "
+                                "and the call ends (WebSocket close 1000, SIP BYE); 0: no limit.")
+    max_session_message: str = _opt("We have reached the time limit for this call. Goodbye.",
+                                     "Spoken when a session reaches max_session_s.")
     playout_lead_ms: int = _opt(200, "How far ahead of real time reply audio is sent.")
     # WebRTC (transports/webrtc; docs/protocol.md "WebRTC")
     rtc_allow_loopback: bool = _opt(False, "Offer 127.0.0.1 as a WebRTC ICE candidate, so a "
@@ -233,6 +240,8 @@ class Settings:
             (self.max_sessions_per_address >= 0, "max_sessions_per_address must be >= 0"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
+            (self.max_session_s >= 0, "max_session_s must be >= 0"),
+            (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),

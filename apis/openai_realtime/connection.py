@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from apis.openai_realtime.conversation import (
     Conversation,
@@ -58,6 +59,7 @@ from wire.openai_realtime.client_events import (
     parse_client_event,
     unsupported,
 )
+from wire.websocket import CLOSE_IDLE
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,17 @@ class RealtimeApiConnection:
             await self._ws.send(json.dumps(data, separators=(",", ":")))
 
     async def _read(self) -> None:
-        async for message in self._ws:
+        while True:
+            try:
+                async with asyncio.timeout(self._settings.realtime_api_idle_timeout_s):
+                    message = await self._ws.recv()
+            except TimeoutError:
+                log.info("realtime api %s: no client event in %g s; closing", self.id,
+                         self._settings.realtime_api_idle_timeout_s)
+                await self._ws.close(CLOSE_IDLE, "idle timeout")
+                return
+            except ConnectionClosed:
+                return
             try:
                 if isinstance(message, bytes):
                     raise RealtimeApiError("Binary messages are not part of the protocol; send "

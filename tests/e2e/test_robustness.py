@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import pytest
@@ -17,6 +18,7 @@ from tests.e2e.conftest import (
     RunningService,
     converse,
     start_service,
+    stop_service,
     transcribe_back,
 )
 
@@ -149,3 +151,32 @@ async def test_sigint_closes_open_sessions_with_1001_at_once(
     finally:
         if service.process.poll() is None:
             service.process.kill()
+
+
+async def test_a_session_at_its_time_limit_hears_goodbye_and_ends(
+        llm: LLMServer, whisper: WhisperSTT, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """And a /v1/realtime client that sends nothing is closed (4008) after its idle time."""
+    service = start_service(tmp_path_factory.mktemp("time-limit"), {
+        "OPENAI_BASE_URL": llm.base_url, "VOICE_MAX_SESSION_S": "2",
+        "VOICE_REALTIME_API_IDLE_TIMEOUT_S": "1"}, name="time-limit")
+    try:
+        realtime = service.url.replace("http://", "ws://") + "/v1/realtime"
+        async with websockets.connect(realtime) as idle:
+            async with asyncio.timeout(10):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while True:
+                        await idle.recv()  # session.created, conversation.created
+        assert idle.close_code == 4008
+        async with VoiceClient(service.url) as client:
+            async with asyncio.timeout(20):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while not client.closed:  # a caller who says nothing, for ever
+                        await client.stream_silence(0.1)
+                await client.wait_closed()
+    finally:
+        stop_service(service)
+    assert client.close_code == 1000
+    (done,) = client.events_of("response.done")
+    assert done["text"] == "We have reached the time limit for this call. Goodbye."
+    heard = transcribe_back(whisper, client.reply_audio(), 16000)
+    assert word_recall("we have reached the time limit for this call goodbye", heard) >= 0.6
