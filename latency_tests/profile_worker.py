@@ -13,8 +13,10 @@ suite's load test does), puts N WebSocket callers on it with their turns stagger
   loop, other.
 
 It prints the CPU seconds the worker spent, the CPU seconds one session costs per
-minute of conversation, and how that splits by part: the Python threads' time
-divided by their samples, the native threads' time added to the part that owns them.
+minute of conversation, and how that splits by part: the Python threads' time divided
+by their samples, and the native threads' time (CTranslate2's and onnxruntime's
+thread pools, which work for Whisper and for Piper; Linux names every thread of the
+process alike, so the two are not told apart) on a line of its own.
 Run it on an otherwise idle machine; the callers run in this process, on the same
 machine, and their own CPU is not counted.
 """
@@ -133,11 +135,8 @@ def report(args: argparse.Namespace, before: dict[int, float], after: dict[int, 
     print(f"\n{'part':22} {'share of Python':>15} {'CPU s/session-min':>18}")
     for name, count in parts.most_common():
         seconds = python * count / samples
-        if name == "stt":
-            seconds += native  # CTranslate2's (and onnxruntime's) own threads
         print(f"{name:22} {count / samples:15.0%} {seconds / conversation_min:18.3f}")
-    print(f"(native threads, {native:.1f} s, counted with stt: Whisper's decoder threads "
-          "are most of them; Piper's onnxruntime runs on the calling thread)")
+    print(f"{'native (stt + tts)':22} {'':15} {native / conversation_min:18.3f}")
 
 
 def main() -> None:
