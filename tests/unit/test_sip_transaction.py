@@ -208,6 +208,28 @@ def test_client_prefers_sha256_and_the_verifier_accepts_its_answer() -> None:
         DigestChallenge.parse('Digest realm="x", nonce="y", algorithm=SHA-512')
 
 
+def test_the_verifier_offers_sha256_beside_md5_and_refuses_a_replayed_answer() -> None:
+    verifier = DigestVerifier("voice", "alice", "s3cret")
+    offered = verifier.challenges(100.0)
+    assert [DigestChallenge.parse(c).algorithm for c in offered] == ["MD5", "SHA-256"]
+    challenge = DigestChallenge.best(offered)
+    assert challenge.algorithm == "SHA-256"  # a client that knows both takes the stronger
+    first = challenge.authorization("alice", "s3cret", "INVITE", "sip:a@b", nc=1)
+    assert verifier.verify(first, "INVITE", 101.0) == "ok"
+    assert verifier.verify(first, "INVITE", 102.0) == "bad"  # the same answer again
+    second = challenge.authorization("alice", "s3cret", "INVITE", "sip:a@b", nc=2)
+    assert verifier.verify(second, "INVITE", 103.0) == "ok"  # counting up is fine
+    assert verifier.verify(first, "INVITE", 104.0) == "bad"  # counting down is not
+
+
+@pytest.mark.parametrize("header", [
+    'Digest username="alice", realm="voice", nonce="1².x", uri="sip:a@b", response="é"',
+    'Digest username="alice", realm="voice", nonce="ab.cd", uri="sip:a@b", response="1"',
+])
+def test_hostile_authorization_headers_are_bad_not_errors(header: str) -> None:
+    assert DigestVerifier("voice", "alice", "s3cret").verify(header, "INVITE", 1.0) == "bad"
+
+
 def test_a_challenged_request_is_resent_with_credentials() -> None:
     register = request("REGISTER")
     challenge = response_to(register, 401, headers=(

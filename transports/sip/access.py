@@ -1,5 +1,6 @@
 """Who may use the SIP bridge: the source allow-list (`sip_allow`) and, when an inbound
-user is set, digest authentication of new calls (RFC 3261 22, RFC 2617)."""
+user is set, digest authentication of new calls (RFC 3261 22; SHA-256 beside MD5,
+RFC 8760; nonce counts that refuse a replayed answer, RFC 7616)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,13 @@ class Access:
             return False
         return any(address in network for network in self._allow)
 
-    def challenge(self, request: SipRequest, now: float) -> str | None:
-        """None if the request may start a call; else the WWW-Authenticate value of the
-        401 that asks for (fresh) credentials."""
+    def challenges(self, request: SipRequest, now: float) -> list[str]:
+        """[] if the request may start a call; else the WWW-Authenticate values of the
+        401 that asks for (fresh) credentials, MD5 and SHA-256."""
         if self._verifier is None:
-            return None
+            return []
         verdict = self._verifier.verify(request.headers.get("Authorization"), request.method,
                                         now)
         if verdict == "ok":
-            return None
-        return self._verifier.challenge(now, verdict == "stale")
+            return []
+        return self._verifier.challenges(now, verdict == "stale")

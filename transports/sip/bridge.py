@@ -272,9 +272,10 @@ class SipBridge:
             self.endpoint.reply(transaction, 420, headers=(("Unsupported",
                                                             ", ".join(unsupported)),))
             raise _Handled
-        challenge = self._access.challenge(request, self.endpoint.now())
-        if challenge is not None:
-            self.endpoint.reply(transaction, 401, headers=(("WWW-Authenticate", challenge),))
+        challenges = self._access.challenges(request, self.endpoint.now())
+        if challenges:
+            self.endpoint.reply(transaction, 401, headers=tuple(
+                ("WWW-Authenticate", challenge) for challenge in challenges))
             raise _Handled
         if self.draining or self.failure:
             self.endpoint.reply(transaction, 503, headers=self._unavailable_headers())

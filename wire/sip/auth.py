@@ -104,7 +104,11 @@ class DigestChallenge:
 
 
 class DigestVerifier:
-    """Checks credentials on requests we receive; nonces live `nonce_ttl` seconds."""
+    """Checks credentials on requests we receive. Nonces are ours (an HMAC of the time
+    they were issued), live `nonce_ttl` seconds, and each answer must count up (`nc`,
+    RFC 7616 3.4.5): an Authorization header sent again, as recorded, is refused."""
+
+    MAX_NONCES = 4096  # nonces whose counts are remembered; the oldest go first
 
     def __init__(self, realm: str, username: str, password: str,
                  algorithm: str = "MD5", nonce_ttl: float = 300.0) -> None:
@@ -112,12 +116,21 @@ class DigestVerifier:
         self.algorithm = algorithm
         self.nonce_ttl = nonce_ttl
         self._secret = secrets.token_bytes(16)
+        self._counts: dict[str, int] = {}  # nonce -> the highest nc accepted
 
-    def challenge(self, now: float, stale: bool = False) -> str:
+    def challenge(self, now: float, stale: bool = False,
+                  algorithm: str | None = None) -> str:
         issued = f"{int(now * 1000):x}"
         mac = hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()[:24]
         return (f'Digest realm="{self.realm}", nonce="{issued}.{mac}", '
-                f'algorithm={self.algorithm}, qop="auth"' + (", stale=true" if stale else ""))
+                f'algorithm={algorithm or self.algorithm}, qop="auth"'
+                + (", stale=true" if stale else ""))
+
+    def challenges(self, now: float, stale: bool = False) -> list[str]:
+        """One challenge per algorithm (RFC 8760): MD5 first, because phones that know
+        only MD5 (SIPp among them) read only the first challenge; a client that knows
+        both picks SHA-256 (RFC 7616 section 3.7 lets it choose the strongest)."""
+        return [self.challenge(now, stale, algorithm) for algorithm in ("MD5", "SHA-256")]
 
     def verify(self, header: str | None, method: str, now: float) -> str:
         """"ok", "stale" (a good answer to an expired nonce) or "bad"."""
@@ -130,7 +143,8 @@ class DigestVerifier:
         nonce = params.get("nonce", "")
         issued, _, mac = nonce.partition(".")
         expected = hmac.new(self._secret, issued.encode(), hashlib.sha256).hexdigest()[:24]
-        if not hmac.compare_digest(mac, expected) or params.get("username") != self.username:
+        if not hmac.compare_digest(mac.encode(), expected.encode()) \
+                or params.get("username") != self.username:
             return "bad"
         algorithm = params.get("algorithm", "MD5").upper()
         if algorithm not in ALGORITHMS or params.get("realm") != self.realm:
@@ -138,7 +152,21 @@ class DigestVerifier:
         want = digest_response(algorithm, self.username, self.realm, self.password, method,
                                params.get("uri", ""), nonce, params.get("qop"),
                                params.get("nc", ""), params.get("cnonce", ""))
-        if not hmac.compare_digest(want, params.get("response", "")):
+        if not hmac.compare_digest(want.encode(), params.get("response", "").encode()):
             return "bad"
-        fresh = now - int(issued, 16) / 1000 <= self.nonce_ttl
-        return "ok" if fresh else "stale"
+        if now - int(issued, 16) / 1000 > self.nonce_ttl:
+            return "stale"
+        return "ok" if self._counts_up(nonce, params) else "bad"
+
+    def _counts_up(self, nonce: str, params: dict[str, str]) -> bool:
+        """With qop, `nc` must be higher than any accepted for this nonce; without qop
+        (RFC 2069) a nonce serves once."""
+        raw = params.get("nc", "") if params.get("qop") else ""
+        count = int(raw, 16) if raw and len(raw) <= 8 and raw.isascii() and all(
+            c in "0123456789abcdefABCDEF" for c in raw) else 0
+        if count <= self._counts.get(nonce, 0) or (not raw and nonce in self._counts):
+            return False
+        self._counts[nonce] = max(count, 1)
+        while len(self._counts) > self.MAX_NONCES:
+            del self._counts[next(iter(self._counts))]
+        return True
