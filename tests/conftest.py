@@ -9,6 +9,19 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data"
+FUZZ_FACTOR = 50  # `pytest --fuzz`: every parser's property tests x 50 (100,000 cases each)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fuzz", action="store_true",
+                     help=f"run the parsers' property tests {FUZZ_FACTOR}x longer")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fuzz"):
+        from tests import strategies
+
+        strategies.FUZZ_FACTOR = FUZZ_FACTOR
 
 
 @pytest.fixture(scope="session")

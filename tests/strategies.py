@@ -15,6 +15,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+# Parser property tests run `cases(2000)` examples each; `pytest --fuzz` multiplies that
+# (tests/conftest.py sets FUZZ_FACTOR before the test modules are collected).
+FUZZ_FACTOR = 1
+
+
+def cases(n: int) -> int:
+    return n * FUZZ_FACTOR
+
 HOSTILE_STRINGS = st.sampled_from([
     "", " ", "0", "1", "-1", "²", "٣", "１０", "1e999", "inf", "NaN", "9" * 40, "\n", "\r",
     "line\nforged=1", "\x00", "\u2028", "\ud7ff", "a" * 300, "0-15", "audio", "text"])

@@ -23,7 +23,7 @@ from apis.openai_realtime.responses import ResponseOptions, ResponseRun
 from apis.openai_realtime.session_config import SessionConfig, TurnDetection, apply_update
 from clients.audiofile import load_audio, voiced_bounds
 from pipelines.reply_engine import Completed, Failed, Heard, Said, Voiced
-from tests.strategies import hostile_events
+from tests.strategies import cases, hostile_events
 from voice.errors import ProviderError
 from voice.settings import Settings
 from voice.turntaking.detector import SpeechPaused, TurnEnded, TurnStarted
@@ -330,7 +330,7 @@ nested = st.recursive(json_values, lambda inner: st.dictionaries(session_keys, i
                                                                  max_size=5), max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=cases(2000), deadline=None, database=None)
 @given(kind=st.sampled_from(ce.CLIENT_EVENT_TYPES), body=st.dictionaries(session_keys, nested,
                                                                           max_size=5))
 def test_any_client_event_is_either_understood_or_refused_with_an_error_event(
@@ -354,7 +354,7 @@ REALTIME_KEYS = ("session", "item", "response", "audio", "item_id", "event_id", 
                  "conversation", "noise_reduction", "model")
 
 
-@settings(max_examples=2000, deadline=None, database=None)
+@settings(max_examples=cases(2000), deadline=None, database=None)
 @given(text=hostile_events(ce.CLIENT_EVENT_TYPES, REALTIME_KEYS))
 @example(text='{"type": "session.update", "session": {"audio": {"input": {"turn_detection": '
               '{"type": "server_vad", "silence_duration_ms": 1e999}}}}}')

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from tests.strategies import cases
 from voice.errors import ProtocolError
 from wire.openai_realtime import client_events as ce
 from wire.openai_realtime import server_events as rt
@@ -141,7 +142,7 @@ json_values = st.recursive(
                                                                 max_size=4), max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=cases(2000), deadline=None, database=None)
 @given(kind=st.sampled_from(sorted(rt.SERVER_EVENT_TYPES)),
        fields=st.dictionaries(st.sampled_from([
            "event_id", "item_id", "response_id", "delta", "audio_start_ms", "audio_end_ms",

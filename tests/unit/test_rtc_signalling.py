@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.static import StaticFiles
+from tests.strategies import cases
 from transports.webrtc.ice import ice_servers_from
 from transports.webrtc.receive_buffer import ImmediateAudioBuffer, seq_newer
 from voice.errors import ConfigError, MessageTooLarge, ProtocolError
@@ -63,7 +64,7 @@ def test_binary_and_oversize_offers_are_refused() -> None:
         parse_offer(encode_offer(SDP + "a=x\r\n" * 2000), 4096)
 
 
-@settings(database=None, deadline=None, max_examples=300)
+@settings(database=None, deadline=None, max_examples=cases(2000))
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300),
                  st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                               lambda c: st.lists(c, max_size=4)

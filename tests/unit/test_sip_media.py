@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import cases
 from voice.errors import ProtocolError
 from wire.rtp import g711
 from wire.rtp.dtmf import DtmfEvent, DtmfReceiver, event_payloads
@@ -18,7 +19,7 @@ from wire.rtp.plan import MediaPlan
 from wire.rtp.stream import InboundStream, OutboundStream
 
 pytestmark = pytest.mark.unit
-PROPERTY = settings(database=None, deadline=None, max_examples=300)
+PROPERTY = settings(database=None, deadline=None, max_examples=cases(2000))
 
 
 # --- RTP -----------------------------------------------------------------------------

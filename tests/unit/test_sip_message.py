@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import cases
 from voice.errors import SipError
 from wire.sip.headers import CSeq, NameAddr, SipUri, Via, split_list
 from wire.sip.message import (
@@ -20,7 +21,7 @@ from wire.sip.message import (
 )
 
 pytestmark = pytest.mark.unit
-PROPERTY = settings(database=None, deadline=None, max_examples=400,
+PROPERTY = settings(database=None, deadline=None, max_examples=cases(2000),
                     suppress_health_check=[HealthCheck.too_slow])
 
 INVITE = (

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import cases
 from voice.errors import SipError
 from wire.rtp import g711
 from wire.sip.sdp import (
@@ -109,7 +110,7 @@ def test_origin_version_grows_with_each_answer() -> None:
     assert media.origin().split()[2] == "1" and media.origin().split()[2] == "2"
 
 
-@settings(database=None, deadline=None, max_examples=300)
+@settings(database=None, deadline=None, max_examples=cases(2000))
 @given(st.binary(max_size=400))
 def test_arbitrary_sdp_raises_only_sip_error(data: bytes) -> None:
     try:
@@ -151,7 +152,7 @@ def grammar_sdp(draw: st.DrawFn) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-@settings(database=None, deadline=None, max_examples=2000)
+@settings(database=None, deadline=None, max_examples=cases(2000))
 @given(grammar_sdp())
 def test_sdp_from_its_grammar_with_hostile_numbers_raises_only_sip_error(body: bytes) -> None:
     try:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.strategies import hostile_events
+from tests.strategies import cases, hostile_events
 from voice.errors import MessageTooLarge, ProtocolError
 from voice.events import (
     ErrorOccurred,
@@ -32,7 +32,7 @@ from wire.websocket import (
 pytestmark = pytest.mark.unit
 
 MAX = 131072
-PROPERTY = settings(database=None, deadline=None, max_examples=300)
+PROPERTY = settings(database=None, deadline=None, max_examples=cases(2000))
 
 
 # --- sample_rate query parameter -------------------------------------------------------
@@ -217,7 +217,7 @@ def test_arbitrary_text_gives_control_message_or_protocol_error(text: str) -> No
         assert message.data == json.loads(text)
 
 
-@settings(database=None, deadline=None, max_examples=2000)
+@settings(database=None, deadline=None, max_examples=cases(2000))
 @given(text=hostile_events(sorted(CLIENT_MESSAGE_TYPES), ["digit", "data", "type"]))
 @example(text='{"type": "dtmf", "digit": [1]}')
 @example(text='{"type": "dtmf", "digit": {"a": 1}}')
