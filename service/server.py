@@ -1,4 +1,5 @@
-"""The service: one HTTP/WebSocket listener, shared models, clean shutdown.
+"""The service: one HTTP/WebSocket listener, shared models, clean shutdown. (What the
+worker says about itself, /healthz and /readyz, is `service.health`'s.)
 
 Routes: `GET /healthz` (JSON status), `GET /ws` (WebSocket sessions, see
 docs/protocol.md), `GET /rtc` (WebRTC signalling), `GET /v1/realtime` (the
@@ -13,7 +14,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -28,13 +28,12 @@ from apis.openai_audio import AudioApi
 from apis.openai_realtime.server import PATH as REALTIME_API_PATH
 from apis.openai_realtime.server import RealtimeApiEndpoint
 from pipelines.cascade.pipeline import CascadePipeline
-from pipelines.providers.llm import LLMChain
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.registry import breaker_for, load_models
-from pipelines.providers.remote import RemoteSTT, RemoteTTS
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
+from service.health import LiveSessions, breakers, readiness, replies_running
 from service.static import StaticFiles
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
@@ -50,7 +49,6 @@ from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
 GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard, during a drain
-REPLY_TASK = re.compile(r"turn-\d+-reply")
 
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str,
@@ -66,12 +64,6 @@ def json_response(status: HTTPStatus, data: object) -> Response:
     return http_response(status, json.dumps(data).encode(), "application/json")
 
 
-def replies_running() -> int:
-    """Reply tasks alive now (the cascade's, running or speculative): a leak shows here."""
-    return sum(1 for task in asyncio.all_tasks()
-               if REPLY_TASK.fullmatch(task.get_name()) and not task.done())
-
-
 class Service:
     def __init__(self, settings: Settings, models: CascadeModels, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
@@ -79,10 +71,9 @@ class Service:
         self.clock = clock
         self.draining = False
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address)
-        self.live: dict[str, tuple[Session, LiveSession]] = {}
-        self._frames_ended = {"dropped": 0, "concealed": 0}  # of sessions that ended
-        self.metrics = ServiceMetrics(self.live_sessions, self.load, self.breakers,
-                                      self.audio_frames)
+        self.live = LiveSessions()
+        self.metrics = ServiceMetrics(self.live.live, self.load, self.breakers,
+                                      self.live.audio_frames)
         self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
         self.realtime_api = RealtimeApiEndpoint(settings, models)
         self.realtime_provider = WebSocketProvider(
@@ -117,7 +108,7 @@ class Service:
 
             def build(session: Session) -> Pipeline:
                 live = LiveSession(transport, chosen)
-                self.live[session.id] = (session, live)
+                self.live.add(session, live)
                 self.metrics.session_started(live)
                 session.observers.append(functools.partial(self.metrics.observe, chosen))
                 if self.settings.max_session_s:
@@ -127,39 +118,11 @@ class Service:
             return chosen, build
         return lookup
 
-    def live_sessions(self) -> list[LiveSession]:
-        """The sessions open now (ended ones are let go here)."""
-        for sid, (session, _) in list(self.live.items()):
-            if session.ended.is_set():
-                del self.live[sid]
-                self._frames_ended["dropped"] += session.frames_dropped
-                self._frames_ended["concealed"] += session.frames_concealed
-        return [live for _, live in self.live.values()]
-
-    def audio_frames(self) -> dict[str, int]:
-        self.live_sessions()
-        open_sessions = [session for session, _ in self.live.values()]
-        return {"dropped": self._frames_ended["dropped"]
-                + sum(s.frames_dropped for s in open_sessions),
-                "concealed": self._frames_ended["concealed"]
-                + sum(s.frames_concealed for s in open_sessions)}
-
     def load(self) -> WorkerLoad:
-        return WorkerLoad(len(self.live_sessions()), self.settings.max_sessions, self.draining)
+        return WorkerLoad(len(self.live.live()), self.settings.max_sessions, self.draining)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready: models loaded (always, once listening), not draining, below capacity;
-        with the load, so that a balancer can prefer the least-loaded worker."""
-        load = self.load()
-        at_capacity = self.admission.refusal("") is not None
-        failure = None if self.sip is None else self.sip.failure
-        ready = not load.draining and not at_capacity and failure is None
-        return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
-                       "capacity": load.capacity,
-                       "load": round(load.sessions / max(1, load.capacity), 3),
-                       "sip_calls": None if self.sip is None else len(self.sip.calls),
-                       "reason": "draining" if load.draining else failure
-                       or ("at capacity" if at_capacity else "")}
+        return readiness(self.load(), self.admission, self.sip)
 
     def _cascade(self, session: Session) -> CascadePipeline:
         return CascadePipeline(self.models, self.settings, session, self.clock)
@@ -174,14 +137,7 @@ class Service:
             fallback=cascade if self.settings.realtime_fallback == "cascade" else None)
 
     def breakers(self) -> dict[str, dict[str, object]]:
-        """Every provider's circuit breaker, for /healthz."""
-        found = [self.realtime_breaker]
-        if isinstance(self.models.llm, LLMChain):
-            found += [endpoint.breaker for endpoint in self.models.llm.endpoints]
-        for model in (self.models.stt, self.models.tts):
-            if isinstance(model, RemoteSTT | RemoteTTS):
-                found.append(model.breaker)
-        return {breaker.name: breaker.snapshot() for breaker in found}
+        return breakers(self.models, self.realtime_breaker)
 
     def open_sessions(self) -> int:
         return len(self.websocket.sessions) + len(self.webrtc.sessions)
@@ -278,14 +234,14 @@ class Service:
             self.sip.draining = True
         started = time.monotonic()
         log.info("draining: %d session(s) active; no new sessions; up to %g s",
-                 len(self.live_sessions()), timeout_s)
-        ended = asyncio.gather(*(session.ended.wait() for session, _ in self.live.values()))
+                 len(self.live.live()), timeout_s)
+        ended = asyncio.gather(*(session.ended.wait() for session in self.live.sessions()))
         stopped = asyncio.ensure_future(stop_now.wait())
         waiters: list[asyncio.Future[Any]] = [ended, stopped]
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         ended.cancel()
         stopped.cancel()
-        left = [session for session, _ in self.live.values() if not session.ended.is_set()]
+        left = [session for session in self.live.sessions() if not session.ended.is_set()]
         if left and not stop_now.is_set():
             log.info("drain timeout: ending %d session(s) with a goodbye", len(left))
             await asyncio.gather(*(self._goodbye(s) for s in left), return_exceptions=True)

@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.providers.stt import SpeechToText, hallucination_reason
-from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
+from voice.audio import Int16Array
 from voice.errors import ProviderError
-from voice.turntaking.detector import SpeechPaused, TurnEnded, frames_of
+from voice.turntaking.detector import SpeechPaused, TurnEnded
 from voice.turntaking.floor import UNKNOWN
 from voice.turntaking.listener import Listener, TurnConfig
 from voice.turntaking.prosody import final_pitch_ratio
-from voice.turntaking.vad import FrameClassifier
 
 log = logging.getLogger(__name__)
 
@@ -138,32 +137,3 @@ class TurnReader:
         if guess is not None and guess.speech_end_ns == speech_end_ns:
             self._listener.set_transcript(speech_end_ns, text or "", self._final_pitch)
         return text
-
-
-class SpeechEnds:
-    """Our own view of where the caller's speech ends, while the provider decides the
-    turns: the arrival time of each speech-like frame (webrtcvad and the energy gate of
-    `voice.turntaking.vad`, the cascade's definition of the true end of speech), kept for a while,
-    so the latency timeline measures every provider from the same point."""
-
-    def __init__(self, aggressiveness: int, frame_ms: int, session_rate: int,
-                 keep_s: float = 30.0) -> None:
-        self._classifier = FrameClassifier(aggressiveness, frame_ms)
-        self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._speech: deque[int] = deque(maxlen=int(keep_s * 1000) // frame_ms)
-
-    def push(self, samples: Int16Array, arrival_ns: int) -> None:
-        self._pending = np.concatenate([self._pending, self._to_pipeline.process(samples)])
-        frames, self._pending = frames_of(self._pending, self._classifier.frame_samples)
-        for frame in frames:
-            if self._classifier.classify(frame, None).speech_like:
-                self._speech.append(arrival_ns)
-
-    def last_before(self, ns: int, not_before: int | None = None) -> int | None:
-        """The last speech-like frame that arrived at or before `ns` (and not before
-        `not_before`), or None."""
-        for arrival in reversed(self._speech):
-            if arrival <= ns:
-                return arrival if not_before is None or arrival >= not_before else None
-        return None

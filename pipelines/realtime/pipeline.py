@@ -41,11 +41,11 @@ from pipelines.realtime.conversation import Conversation
 from pipelines.realtime.fallback import Fallback, FallbackIO, UnheardAudio
 from pipelines.realtime.link import ProviderLink
 from pipelines.realtime.local_mode import LocalTurnTaking
-from pipelines.realtime.local_turns import SpeechEnds
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider, provider_error
 from pipelines.realtime.provider_reply import ProviderReply
+from pipelines.realtime.provider_turns import ProviderTurns
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.clock import Clock
 from voice.errors import ProviderError, VoiceError
@@ -70,7 +70,6 @@ from wire.openai_realtime import server_events as rt
 
 log = logging.getLogger(__name__)
 
-PREFIX_PADDING_MS = 300  # what session_update asks of server VAD
 BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
 
 
@@ -93,10 +92,8 @@ class RealtimePipeline:
         self._local = (LocalTurnTaking(self, options, stt, clock, io.sample_rate,
                                        rt.PROVIDER_RATE)
                        if options.turn_detection == "local" else None)
-        vad = options.turns
-        self._speech_ends = (SpeechEnds(vad.vad_aggressiveness, vad.vad_frame_ms, io.sample_rate)
-                             if self._local is None else None)
-        self._speaking = False  # provider VAD: between speech_started and speech_stopped
+        self._provider_turns = (ProviderTurns(options, io.sample_rate)
+                                if self._local is None else None)
         o = options
         self._link = ProviderLink(
             provider, ce.session_update(o.instructions, o.voice, o.turn_detection, o.silence_ms,
@@ -215,7 +212,8 @@ class RealtimePipeline:
     # -- caller audio ----------------------------------------------------------------------
     async def _pump_audio(self) -> None:
         while True:
-            in_turn = self._local.in_turn if self._local is not None else self._speaking
+            in_turn = (self._local.in_turn if self._local is not None
+                       else self._provider_turns is not None and self._provider_turns.speaking)
             try:
                 async with asyncio.timeout(STARVATION_S if in_turn else None):
                     samples, arrival_ns = await self._audio.get()
@@ -228,8 +226,8 @@ class RealtimePipeline:
             elif self._unheard:
                 self._unheard.clear()
             provider_samples = self._to_provider.process(samples)
-            if self._speech_ends is not None:
-                self._speech_ends.push(samples, arrival_ns)
+            if self._provider_turns is not None:
+                self._provider_turns.hear(samples, arrival_ns)
             if self._local is None:
                 await self.send_input(provider_samples, arrival_ns)
             else:
@@ -309,13 +307,11 @@ class RealtimePipeline:
 
     # -- provider events -----------------------------------------------------------------
     async def _on_event(self, event: rt.ServerEvent) -> None:
-        if isinstance(event, rt.SpeechStarted):
-            self._speaking = True
+        if isinstance(event, rt.SpeechStarted) and self._provider_turns is not None:
             self._conversation.speech_started(event.item_id, self._turn_id + 1,
                                               event.audio_start_ms)
-            padding = PREFIX_PADDING_MS if self._options.turn_detection == "server_vad" else 0
-            clock = self._link.input_clock
-            await self._start_turn(clock.arrival_ns(event.audio_start_ms + padding))
+            await self._start_turn(self._provider_turns.started(event.audio_start_ms,
+                                                                self._link.input_clock))
         elif isinstance(event, rt.SpeechStopped):
             self._conversation.speech_stopped(event.item_id, event.audio_end_ms, self._turn_id)
             self._on_speech_stopped(event)
@@ -347,20 +343,13 @@ class RealtimePipeline:
                                 limit.name, limit.reset_seconds)
 
     def _on_speech_stopped(self, event: rt.SpeechStopped) -> None:
-        """The provider ended the turn at `audio_end_ms`. The true end of speech is our
-        last speech-like frame before that (the cascade's definition); failing that,
-        `audio_end_ms` less the silence the provider waited (known for server VAD)."""
-        self._speaking = False
+        """The provider ended the turn (provider_turns.py: where the speech ended)."""
+        if self._provider_turns is None:
+            return
         now = self._clock.now_ns()
-        clock = self._link.input_clock
-        decided = clock.arrival_ns(event.audio_end_ms) or now
-        ours = None
-        if self._speech_ends is not None:
-            start = self._timeline.stamps.get("speech_start") if self._timeline else None
-            ours = self._speech_ends.last_before(decided, not_before=start)
-        silence = self._options.silence_ms if self._options.turn_detection == "server_vad" else 0
-        reported = clock.arrival_ns(max(0, event.audio_end_ms - silence))
-        self._end_turn(ours or reported or now, now)
+        start = self._timeline.stamps.get("speech_start") if self._timeline else None
+        self._end_turn(self._provider_turns.speech_end(
+            event.audio_end_ms, self._link.input_clock, start, now), now)
 
     def _on_response_created(self, response_id: str) -> None:
         self._awaiting = False

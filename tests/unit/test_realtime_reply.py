@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from clients.audiofile import load_audio, voiced_bounds
-from pipelines.realtime.local_turns import SpeechEnds
 from pipelines.realtime.provider_reply import InputClock, ProviderReply, Watchdog
+from pipelines.realtime.provider_turns import SpeechEnds
 from voice.audio import StreamResampler
 from voice.errors import ProviderTimeout
 from voice.latency import TurnTimeline
