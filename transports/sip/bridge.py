@@ -182,8 +182,7 @@ class SipBridge:
             pass
         except SipError as exc:
             if request.method != "ACK":
-                self.endpoint.reply(transaction, exc.status,
-                                    headers=(("Warning", f'399 - "{exc.message[:100]}"'),))
+                self._refuse(transaction, exc.status, exc.message)
 
     def unacknowledged(self, transaction: ServerTransaction) -> None:
         call = self.calls.get(transaction.request.call_id)
@@ -297,12 +296,15 @@ class SipBridge:
             return None
         ticket = self._admission.take(transaction.address[0])
         if isinstance(ticket, Refused):
-            status = 503 if ticket.code == "capacity" else 486
-            self.endpoint.reply(transaction, status, headers=(
-                ("Retry-After", str(DRAINING_RETRY_AFTER_S)),
-                ("Warning", f'399 - "{ticket.message[:100]}"')))
+            self._refuse(transaction, 503 if ticket.code == "capacity" else 486,
+                         ticket.message, ("Retry-After", str(DRAINING_RETRY_AFTER_S)))
             raise _Handled
         return ticket
+
+    def _refuse(self, transaction: ServerTransaction, status: int, why: str,
+                *headers: tuple[str, str]) -> None:
+        self.endpoint.reply(transaction, status,
+                            headers=(*headers, ("Warning", f'399 - "{why[:100]}"')))
 
     def _unavailable_headers(self) -> tuple[tuple[str, str], ...]:
         if self.draining or self.failure is None:
@@ -321,27 +323,18 @@ class SipBridge:
                                            {c.media.socket.port for c in self.calls.values()})
             call = self._new_call(transaction, socket)
             self.endpoint.reply(transaction, 180, to_tag=call.dialog.local_tag)
-            if self.settings.sip_ring_ms > 0:
-                try:
-                    async with asyncio.timeout(self.settings.sip_ring_ms / 1000):
-                        await ringing.cancelled.wait()
-                except TimeoutError:
-                    pass
-            if ringing.cancelled.is_set():
-                return
+            if not await self._rang(ringing):
+                return  # cancelled while ringing
             self._accept(transaction, call)
         except SipError as exc:
-            self.endpoint.reply(transaction, exc.status,
-                                headers=(("Warning", f'399 - "{exc.message[:100]}"'),))
+            self._refuse(transaction, exc.status, exc.message)
             return
         except ProtocolError as exc:  # an unknown pipeline
-            self.endpoint.reply(transaction, 400,
-                                headers=(("Warning", f'399 - "{exc.message[:100]}"'),))
+            self._refuse(transaction, 400, exc.message)
             return
         except Exception:  # a bug of ours answering this INVITE: this call only
             log.exception("call %r could not be answered", request.call_id[:64])
-            self.endpoint.reply(transaction, 500,
-                                headers=(("Warning", '399 - "internal error"'),))
+            self._refuse(transaction, 500, "internal error")
             return
         finally:
             self._ringing.pop(request.call_id, None)
@@ -355,6 +348,16 @@ class SipBridge:
         finally:
             if ringing.ticket is not None:
                 ringing.ticket.release()
+
+    async def _rang(self, ringing: _Ringing) -> bool:
+        """Ring for `sip_ring_ms`; False if the caller cancelled meanwhile."""
+        if self.settings.sip_ring_ms > 0:
+            try:
+                async with asyncio.timeout(self.settings.sip_ring_ms / 1000):
+                    await ringing.cancelled.wait()
+            except TimeoutError:
+                pass
+        return not ringing.cancelled.is_set()
 
     def _new_call(self, transaction: ServerTransaction, socket: RtpSocket) -> SipCall:
         request = transaction.request
