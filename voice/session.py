@@ -11,11 +11,11 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from voice.audio import Int16Array
 from voice.clock import Clock
-from voice.events import DtmfReceived, ErrorOccurred, Event
+from voice.events import DtmfReceived, ErrorOccurred, Event, Pong
 from voice.logs import SESSION_ID
 from voice.playout import Playout
 
@@ -136,6 +136,17 @@ class Session:
                     "the excess is dropped")))
             return
         self.pipeline.push_audio(samples, now)
+
+    async def on_client_message(self, kind: str, data: dict[str, Any]) -> bool:
+        """A control message of the client (docs/protocol.md: ping, response.cancel,
+        dtmf, session.end), already checked; True when it asks to end the session."""
+        if kind == "ping":
+            self.emit(Pong())
+        elif kind == "response.cancel" and self.pipeline is not None:
+            await self.pipeline.interrupt("client_cancel")
+        elif kind == "dtmf":
+            await self.on_dtmf(str(data["digit"]))
+        return kind == "session.end"
 
     async def on_dtmf(self, digit: str) -> None:
         """A keypad digit from the caller (SIP RFC 4733, or a client message)."""

@@ -32,7 +32,7 @@ from transports.webrtc.peer import Peer
 from transports.webrtc.tracks import frame_samples, next_audio
 from voice.clock import Clock
 from voice.errors import CapacityError, MessageTooLarge, ProtocolError
-from voice.events import ErrorOccurred, Event, Pong, SessionCreated
+from voice.events import ErrorOccurred, Event, SessionCreated
 from voice.session import FactoryLookup, PipelineFactory, Session
 from voice.settings import Settings
 from wire.rtc_signalling import (
@@ -230,17 +230,8 @@ class WebRTCTransport:
                 session.emit(ErrorOccurred(code=exc.code, message=exc.message))
                 continue
             assert isinstance(parsed, ControlMessage)
-            await self._control(session, parsed)
-
-    async def _control(self, session: Session, message: ControlMessage) -> None:
-        if message.type == "ping":
-            session.emit(Pong())
-        elif message.type == "response.cancel" and session.pipeline is not None:
-            await session.pipeline.interrupt("client_cancel")
-        elif message.type == "dtmf":
-            await session.on_dtmf(message.data["digit"])
-        elif message.type == "session.end":
-            raise _EndCall(CLOSE_NORMAL, "session ended by client")
+            if await session.on_client_message(parsed.type, parsed.data):
+                raise _EndCall(CLOSE_NORMAL, "session ended by client")
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every call's signalling socket (shutdown); each handler then cleans up."""

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from voice.clock import Clock
 from voice.errors import CapacityError, MessageTooLarge, ProtocolError
-from voice.events import ErrorOccurred, Event, Pong, SessionCreated
+from voice.events import ErrorOccurred, Event, SessionCreated
 from voice.session import FactoryLookup, PipelineFactory, Session
 from voice.settings import Settings
 from wire.websocket import (
@@ -26,7 +26,6 @@ from wire.websocket import (
     CLOSE_TOO_LARGE,
     CLOSE_TRY_AGAIN,
     AudioMessage,
-    ControlMessage,
     encode_event,
     parse_client_message,
     parse_query_param,
@@ -129,17 +128,7 @@ class WebSocketTransport:
             return
         if isinstance(parsed, AudioMessage):
             session.push_audio(parsed.samples)
-        else:
-            await self._control(session, parsed)
-
-    async def _control(self, session: Session, message: ControlMessage) -> None:
-        if message.type == "ping":
-            session.emit(Pong())
-        elif message.type == "response.cancel" and session.pipeline is not None:
-            await session.pipeline.interrupt("client_cancel")
-        elif message.type == "dtmf":
-            await session.on_dtmf(message.data["digit"])
-        elif message.type == "session.end":
+        elif await session.on_client_message(parsed.type, parsed.data):
             raise _EndSession(CLOSE_NORMAL, "session ended by client")
 
     async def _close(self, ws: ServerConnection, session: Session, code: int,
