@@ -9,9 +9,11 @@ the words it speaks), `Failed`, and `Completed` last. It may run *speculatively*
 whoever started it reads the outbox only once the turn is confirmed, so a confirmed
 turn finds its transcript, first words and first audio ready; cancelling it leaves no
 trace. A `gate` holds the LLM back after the transcript (while a turn over a reply is
-judged, the history it would read may still change). When a provider fails, an
-`apology` (if given) is spoken after the `Failed` output. The latency stamps of the
-turn timeline are reported through `stamp`.
+judged, the history it would read may still change); a `hold` lets a speculation
+speak its first sentence and no more until it is wanted, since many speculations are
+thrown away unheard and speech synthesis is the largest share of a worker's CPU.
+When a provider fails, an `apology` (if given) is spoken after the `Failed` output.
+The latency stamps of the turn timeline are reported through `stamp`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Generation:
     on_transcript: Callable[[str | None], None] | None = None  # told at once, before release
     stamp: Callable[[str], None] = _no_stamp
     gate: asyncio.Event | None = None
+    hold: asyncio.Event | None = None  # set when the reply is wanted: until then, a
+    # speculation speaks its first sentence only (most are thrown away unheard)
     apology: str | None = None
     outbox: asyncio.Queue[Output] = field(default_factory=asyncio.Queue)
     transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # STT done or failed
@@ -159,6 +163,8 @@ class Generation:
     async def _speak_pieces(self, pieces: asyncio.Queue[str | None]) -> None:
         while (piece := await pieces.get()) is not None:
             await self._voice(piece)
+            if self.hold is not None:
+                await self.hold.wait()
 
     async def _voice(self, text: str, record: bool = True) -> None:
         spoken = clean_for_speech(text)

@@ -89,7 +89,7 @@ class Reply:
         self._generation = Generation(
             ctx.models, self._messages_for, self.audio, ctx.io.sample_rate,
             ctx.no_speech_threshold, on_transcript=lambda text: ctx.on_transcript(self, text),
-            stamp=self._mark, gate=self.may_generate, apology=APOLOGY,
+            stamp=self._mark, gate=self.may_generate, hold=self.released, apology=APOLOGY,
             label=f"turn {self.turn_id}")
 
     @property
