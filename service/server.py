@@ -40,7 +40,7 @@ from transports.webrtc.server import WebRTCTransport
 from transports.websocket.server import WebSocketTransport
 from voice.admission import Admission, Refused
 from voice.clock import MONOTONIC, Clock
-from voice.errors import ProtocolError, VoiceError
+from voice.errors import ProtocolError
 from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
 from voice.session import Pipeline, PipelineFactory, Session, SessionIO
@@ -48,7 +48,6 @@ from voice.settings import Settings
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
-GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard, during a drain
 
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str,
@@ -248,13 +247,7 @@ class Service:
         log.info("drained in %.1f s", time.monotonic() - started)
 
     async def _goodbye(self, session: Session) -> None:
-        try:
-            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                if session.pipeline is not None:
-                    await session.pipeline.announce(self.settings.drain_message)
-        except (TimeoutError, VoiceError) as exc:
-            log.warning("session %s: no goodbye (%s)", session.id, exc)
-        await session.hangup("the service is shutting down")
+        await session.say_goodbye(self.settings.drain_message, "the service is shutting down")
 
     async def stop(self) -> None:
         if self._server is None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from voice.audio import Int16Array
 from voice.clock import Clock
+from voice.errors import VoiceError
 from voice.events import DtmfReceived, ErrorOccurred, Event, Pong
 from voice.logs import SESSION_ID
 from voice.playout import Playout
@@ -178,13 +179,18 @@ class Session:
     async def _end_at_time_limit(self, seconds: float, goodbye: str) -> None:
         await asyncio.sleep(seconds)
         log.info("session %s: time limit of %g s reached", self.id, seconds)
-        assert self.pipeline is not None
+        await self.say_goodbye(goodbye, "maximum session length")
+
+    async def say_goodbye(self, text: str, reason: str) -> None:
+        """Speak `text` (at most GOODBYE_TIMEOUT_S of it), then end the call; a goodbye
+        that cannot be spoken (TTS down, too slow) does not keep the call open."""
         try:
             async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                await self.pipeline.announce(goodbye)
-        except TimeoutError:
-            log.warning("session %s: the goodbye took too long; ending anyway", self.id)
-        await self.hangup("maximum session length")
+                if self.pipeline is not None:
+                    await self.pipeline.announce(text)
+        except (TimeoutError, VoiceError) as exc:
+            log.warning("session %s: no goodbye (%s)", self.id, exc or "too slow")
+        await self.hangup(reason)
 
     async def _send_events(self) -> None:
         while True:

@@ -73,7 +73,13 @@ def parse_client_message(message: bytes | str, max_bytes: int) -> ClientMessage:
             raise ProtocolError(f"audio message of {len(message)} bytes: 16-bit PCM needs an "
                                 "even number of bytes", code="invalid_audio")
         return AudioMessage(pcm16_bytes_to_array(message))
-    return _parse_control(message)
+    try:
+        return _parse_control(message)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a shape the checks below did not foresee: still refused
+        raise ProtocolError(f"the message could not be read ({type(exc).__name__})",
+                            code="invalid_message") from exc
 
 
 def _parse_control(text: str) -> ControlMessage:

@@ -222,6 +222,17 @@ def test_the_verifier_offers_sha256_beside_md5_and_refuses_a_replayed_answer() -
     assert verifier.verify(first, "INVITE", 104.0) == "bad"  # counting down is not
 
 
+def test_a_client_without_qop_answers_once_per_nonce() -> None:
+    """RFC 2069 clients send no qop and no count: each nonce serves them once."""
+    verifier = DigestVerifier("voice", "alice", "s3cret")
+    challenge = DigestChallenge.parse(verifier.challenge(100.0).replace(', qop="auth"', ""))
+    assert challenge.qop is None
+    answer = challenge.authorization("alice", "s3cret", "INVITE", "sip:a@b")
+    assert "nc=" not in answer
+    assert verifier.verify(answer, "INVITE", 101.0) == "ok"
+    assert verifier.verify(answer, "INVITE", 102.0) == "bad"  # replayed
+
+
 @pytest.mark.parametrize("header", [
     'Digest username="alice", realm="voice", nonce="1².x", uri="sip:a@b", response="é"',
     'Digest username="alice", realm="voice", nonce="ab.cd", uri="sip:a@b", response="1"',

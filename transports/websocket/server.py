@@ -121,11 +121,6 @@ class WebSocketTransport:
                 session.frames_dropped += 1
             session.emit(ErrorOccurred(code=exc.code, message=exc.message))
             return
-        except Exception:  # a message our parser did not foresee: a bug, never a close
-            log.exception("session %s: a client message could not be parsed", session.id)
-            session.emit(ErrorOccurred(code="invalid_message",
-                                       message="the message could not be read"))
-            return
         if isinstance(parsed, AudioMessage):
             session.push_audio(parsed.samples)
         elif await session.on_client_message(parsed.type, parsed.data):

@@ -161,12 +161,19 @@ class DigestVerifier:
     def _counts_up(self, nonce: str, params: dict[str, str]) -> bool:
         """With qop, `nc` must be higher than any accepted for this nonce; without qop
         (RFC 2069) a nonce serves once."""
-        raw = params.get("nc", "") if params.get("qop") else ""
-        count = int(raw, 16) if raw and len(raw) <= 8 and raw.isascii() and all(
-            c in "0123456789abcdefABCDEF" for c in raw) else 0
-        if count <= self._counts.get(nonce, 0) or (not raw and nonce in self._counts):
-            return False
-        self._counts[nonce] = max(count, 1)
+        if not params.get("qop"):
+            if nonce in self._counts:
+                return False
+            self._counts[nonce] = 1
+        else:
+            raw = params.get("nc", "")
+            if not (0 < len(raw) <= 8 and raw.isascii()
+                    and all(c in "0123456789abcdefABCDEF" for c in raw)):
+                return False
+            count = int(raw, 16)
+            if count <= self._counts.get(nonce, 0):
+                return False
+            self._counts[nonce] = count
         while len(self._counts) > self.MAX_NONCES:
             del self._counts[next(iter(self._counts))]
         return True
