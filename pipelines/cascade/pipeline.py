@@ -142,7 +142,7 @@ class CascadePipeline:
     async def _on_turn_started(self, event: TurnStarted) -> None:
         self._turn_id += 1
         self._discarded = 0
-        self._floor.turn_started(event.speech_start_ns)
+        self._floor.turn_started(event.speech_start_ns, event.audio_start)
         self._io.emit(SpeechStarted(turn_id=self._turn_id))
 
     async def _discard_speculation(self) -> None:
@@ -164,7 +164,8 @@ class CascadePipeline:
             running, speculative = self._start_reply(event.audio, event.speech_end_ns), False
         running.reply.release(event.turn_end_ns, speculative=speculative)
         self._active = running
-        self._floor.turn_ended(self._floor.joined(event.audio), event.turn_end_ns)
+        self._floor.turn_ended(self._floor.joined(event.audio), event.turn_end_ns,
+                               event.audio_end)
 
     def _start_reply(self, audio: Int16Array, speech_end_ns: int) -> _Running:
         assert self._tasks is not None

@@ -127,7 +127,9 @@ async def test_sipp_call_is_understood_answered_and_hung_up_by_the_caller(
     assert ok, errors
     assert len(fresh_llm.requests) > requests_before
     assert len(user_turns(fresh_llm)) == 1
-    assert word_recall(utterance["text"], last_user_message(fresh_llm)) >= 0.7
+    heard_by_llm = last_user_message(fresh_llm)
+    assert word_recall(utterance["text"], heard_by_llm) >= 0.7, (
+        heard_by_llm, sip_service.log()[-4000:])
     packets = [RtpPacket.parse(d) for _, d in relay.stats.downlink]
     assert {p.payload_type for p in packets} == {0 if encoding == "PCMU" else 8}
     heard = transcribe_back(whisper, decode_rtp(relay.stats.downlink), 8000)

@@ -8,6 +8,7 @@ numpy noise, tones and silence cover the cases that must *not* start a turn.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from voice.turntaking.detector import (
     TurnStarted,
     frames_of,
 )
+from voice.turntaking.floor import Floor, Verdict
 from voice.turntaking.vad import FrameClassifier, NoiseFloor
 
 pytestmark = pytest.mark.unit
@@ -400,3 +402,50 @@ def test_fillers_end_a_turn_whose_audio_stopped(speech: dict[str, Int16Array]) -
     assert det.in_turn  # the client went quiet right after the last word
     events = [e for _ in range(10) for e in det.push_filler(len(frames) * FRAME_NS)]
     assert [type(e) for e in events] == [SpeechPaused, TurnEnded]
+
+
+@needs_espeak
+def test_a_stall_that_ends_a_turn_mid_word_is_joined_back_without_a_gap(
+        speech: dict[str, Int16Array]) -> None:
+    """The audio stopped long enough for the turn to end (fillers), then came after all:
+    the late part starts a new turn, and the Floor joins the two as one utterance with
+    nothing between them, because no audio was missing (a 300 ms hole of silence in
+    mid-word made Whisper hear 'weather like' as 'whamer liking')."""
+    audio = np.concatenate([silence(500), speech["weather"], silence(1000)])
+    frames, _ = frames_of(audio, FRAME)
+    middle = (500 + len(speech["weather"]) * 1000 // RATE // 2) // FRAME_MS
+    det = detector(silence_ms=250)
+    ended: list[TurnEnded] = []
+    started: list[TurnStarted] = []
+    for index, frame in enumerate(frames):
+        arrival_ns = (index + 1) * FRAME_NS
+        if index == middle:  # 600 ms with no audio: the turn ends on fillers
+            for _ in range(30):
+                ended += [e for e in det.push_filler(arrival_ns) if isinstance(e, TurnEnded)]
+            assert len(ended) == 1
+        for event in det.push(frame, arrival_ns):
+            ended += [event] if isinstance(event, TurnEnded) else []
+            started += [event] if isinstance(event, TurnStarted) else []
+    assert len(ended) == 2 and len(started) == 2
+    assert ended[0].audio_end == started[1].audio_start == middle * FRAME
+
+    class Host:  # the first turn's reply is playing when the late audio comes
+        playout = None
+
+        def reply_playing(self) -> bool:
+            return False
+
+        async def interrupt(self, reason: str, forget: bool = False) -> None:
+            pass
+
+    floor = Floor(Host(), confirm_ms=900, continuation_window_ms=1000,  # type: ignore[arg-type]
+                  rate=RATE)
+    floor.turn_started(started[0].speech_start_ns, started[0].audio_start)
+    floor.turn_ended(ended[0].audio, ended[0].turn_end_ns, ended[0].audio_end)
+    floor.turn_started(started[1].speech_start_ns, started[1].audio_start)
+    assert asyncio.run(floor.confirm("words", turn_id=2, replying_to=1)) is Verdict.CONTINUATION
+    joined = floor.joined(ended[1].audio)
+    begin = started[0].audio_start
+    assert np.array_equal(joined, audio[begin: begin + len(joined)])
+    assert np.array_equal(joined[500 * RATE // 1000 - begin:][:len(speech["weather"])],
+                          speech["weather"])

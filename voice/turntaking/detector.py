@@ -38,6 +38,7 @@ class OnsetAbandoned:
 @dataclass(frozen=True)
 class TurnStarted:
     speech_start_ns: int
+    audio_start: int = 0  # where the turn's audio begins, in samples of audio received
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TurnEnded:
     speech_end_ns: int
     turn_end_ns: int
     forced: bool = False  # cut at max_turn_s rather than ended by silence
+    audio_end: int = 0  # where `audio` ends, in samples of audio received
 
 
 TurnEvent = (SpeechOnset | OnsetAbandoned | TurnStarted | SpeechPaused | SpeechResumed
@@ -114,6 +116,10 @@ class TurnDetector:
         self._speech_end_index = 0  # frames[:index] is the turn up to the true end
         self._speech_end_ns = 0
         self._speech_start_ns = 0
+        # samples of real audio pushed so far (fillers not counted): the turns' places in
+        # the audio itself, which arrival times do not give when the audio came late
+        self._received = 0
+        self._turn_audio_start = 0
         self._paused = False
         self._peak_db: float | None = None
         self._fillers = 0  # trailing frames of self._frames that are push_filler's
@@ -142,6 +148,7 @@ class TurnDetector:
 
     def push(self, frame: Int16Array, arrival_ns: int) -> list[TurnEvent]:
         verdict = self._classifier.classify(frame, self._peak_db)
+        self._received += len(frame)
         if not self._in_turn:
             return self._push_idle(frame, arrival_ns, verdict)
         if self._fillers:  # real audio covers the time the fillers stood in for
@@ -203,7 +210,9 @@ class TurnDetector:
         self._onset_frames = 0
         self._onset_reported = False
         self._transcript = None
-        return TurnStarted(speech_start_ns=self._onset_start_ns)
+        self._turn_audio_start = self._received - sum(len(f) for f in self._frames)
+        return TurnStarted(speech_start_ns=self._onset_start_ns,
+                           audio_start=self._turn_audio_start)
 
     def _push_in_turn(self, frame: Int16Array, arrival_ns: int,
                       verdict: FrameVerdict) -> list[TurnEvent]:
@@ -243,7 +252,8 @@ class TurnDetector:
         audio = self.audio_to_speech_end() if not forced else np.concatenate(self._frames)
         ended = TurnEnded(audio=audio, speech_start_ns=self._speech_start_ns,
                           speech_end_ns=self._speech_end_ns if not forced else now_ns,
-                          turn_end_ns=now_ns, forced=forced)
+                          turn_end_ns=now_ns, forced=forced,
+                          audio_end=self._turn_audio_start + len(audio))
         self._in_turn = False
         self._frames = []
         self._fillers = 0

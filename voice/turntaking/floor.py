@@ -14,9 +14,11 @@ Theory of operation.
   `JUDGE_TIMEOUT_S` counts as words: better to stop than to talk over the caller.
 - A confirmed turn that began within `continuation_window_ms` of the previous turn's
   end *continues* that turn: the reply and the user message it answered are forgotten
-  and the whole utterance (`carry` + this turn, joined by `JOIN_GAP_MS` of silence) is
-  answered once. Otherwise it is a barge-in: the reply stops where the caller stopped
-  hearing it.
+  and the whole utterance (`carry` + this turn, joined by the silence between them, at
+  most `JOIN_GAP_MS` of it) is answered once. The silence is measured in the audio
+  itself where the pipeline gives the turns' places in it: audio that stalled on the
+  way (a network hiccup that ended a turn in mid-word) is joined without a gap.
+  Otherwise it is a barge-in: the reply stops where the caller stopped hearing it.
 
 The floor decides and keeps the previous turn's audio; the pipeline acts (`FloorHost`:
 is a reply playing, stop it), and does its own part after a verdict (release a
@@ -41,7 +43,7 @@ from voice.turntaking.backchannel import is_backchannel
 log = logging.getLogger(__name__)
 
 JUDGE_TIMEOUT_S = 2.0  # longest wait for a contested turn's transcript at its end
-JOIN_GAP_MS = 300  # silence put between the parts of a continued utterance
+JOIN_GAP_MS = 300  # most silence put between the parts of a continued utterance
 UNKNOWN = "(unknown)"  # no transcript in time: judged as words
 
 
@@ -65,6 +67,7 @@ class HeldTurn:
 
     audio: Int16Array
     speech_start_ns: int
+    audio_end: int | None = None  # where it ends in the audio received (None: unknown)
 
 
 class Floor:
@@ -80,6 +83,7 @@ class Floor:
         self._last_turn: HeldTurn | None = None
         self._last_turn_end_ns = 0
         self._speech_start_ns = 0
+        self._audio_start: int | None = None
 
     # -- the detector's events ---------------------------------------------------------
     def onset(self) -> None:
@@ -90,9 +94,11 @@ class Floor:
         if not self.contested:
             self._host.playout.resume()
 
-    def turn_started(self, speech_start_ns: int) -> bool:
-        """A new turn; True if it is contested (a reply is playing: it stays paused)."""
+    def turn_started(self, speech_start_ns: int, audio_start: int | None = None) -> bool:
+        """A new turn (its audio beginning at sample `audio_start` of the audio received,
+        if known); True if it is contested (a reply is playing: it stays paused)."""
         self._speech_start_ns = speech_start_ns
+        self._audio_start = audio_start
         self.carry = None
         self.contested = self._host.reply_playing()
         if self.contested:
@@ -148,12 +154,16 @@ class Floor:
         never longer than `max_turn_s`, continuations included (its end is kept)."""
         if self.carry is None or not self.carry.audio.size:
             return audio
-        gap = np.zeros(self._rate * JOIN_GAP_MS // 1000, dtype=np.int16)
+        gap_samples = self._rate * JOIN_GAP_MS // 1000
+        if self.carry.audio_end is not None and self._audio_start is not None:
+            gap_samples = min(gap_samples, max(0, self._audio_start - self.carry.audio_end))
+        gap = np.zeros(gap_samples, dtype=np.int16)
         joined = np.concatenate([self.carry.audio, gap, audio])
         return joined[-self._max_samples:] if len(joined) > self._max_samples else joined
 
-    def turn_ended(self, audio: Int16Array, turn_end_ns: int) -> None:
+    def turn_ended(self, audio: Int16Array, turn_end_ns: int,
+                   audio_end: int | None = None) -> None:
         """The turn (its whole utterance, `joined`) is answered: keep it, in case the
         next one continues it."""
-        self._last_turn = HeldTurn(audio, self.speech_start_ns)
+        self._last_turn = HeldTurn(audio, self.speech_start_ns, audio_end)
         self._last_turn_end_ns = turn_end_ns
