@@ -7,9 +7,10 @@ then the turn starts at the first of them. Earlier, after `onset_ms` of speech, 
 reports `SpeechOnset` (a reply that is playing can pause at once) and, if the onset
 fizzles out before the turn starts, `OnsetAbandoned`. During a turn it tracks the *true* end of
 speech: the end of the last speech-like frame. Silence is counted in audio time from
-there, so webrtcvad's hangover does not lengthen the wait. The first silent frame
-reports `SpeechPaused` (the moment to start transcribing speculatively); speech after
-it reports `SpeechResumed`; when the end-of-turn policy's wait has passed the turn
+there, so webrtcvad's hangover does not lengthen the wait. `SPECULATE_AFTER_MS` of
+silence reports `SpeechPaused` (the moment to start transcribing speculatively: the
+gaps between words, shorter, would each start a transcription thrown away at the next
+word); speech after it reports `SpeechResumed`; when the end-of-turn policy's wait has passed the turn
 ends with `TurnEnded` carrying the audio up to the true end.
 """
 
@@ -23,6 +24,8 @@ import numpy as np
 
 from voice.audio import PIPELINE_RATE, Int16Array
 from voice.turntaking.vad import FrameClassifier, FrameVerdict
+
+SPECULATE_AFTER_MS = 60  # silence after speech before SpeechPaused
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,8 @@ class TurnDetector:
                 self._paused = False
                 events.append(SpeechResumed(pause_ms=pause_ms))
         else:
-            if not self._paused:
+            silence_ms = (len(self._frames) - self._speech_end_index) * self._frame_ms
+            if not self._paused and silence_ms >= SPECULATE_AFTER_MS:
                 self._paused = True
                 events.append(SpeechPaused(self._speech_end_ns, self.audio_to_speech_end()))
             if self._turn_is_over():
