@@ -28,11 +28,13 @@ import asyncio
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from latency_tests.bench import spawned_service
@@ -89,16 +91,53 @@ def read_samples(path: Path) -> collections.Counter[str]:
     return parts
 
 
-async def profile(args: argparse.Namespace, py_spy: str, samples: Path) -> tuple[
+METRIC = re.compile(r'^voice_inference_busy_ratio\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
+JOBS = re.compile(r'^voice_inference_(jobs|dropped)_total\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
+COUNTS: dict[str, float] = {}  # "stt jobs", "stt dropped", ...: the last scrape's totals
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def watch_queues(url: str, pid: int, seen: dict[str, list[float]]) -> None:
+    """Each second, the busy share of the worker's model threads (`/metrics`) and
+    the worker's resident memory (as "rss")."""
+    while True:
+        seen.setdefault("rss", []).append(rss_mb(pid))
+        try:
+            text = await asyncio.to_thread(_get, f"{url}/metrics")
+        except OSError:
+            text = ""
+        for model, value in METRIC.findall(text):
+            seen.setdefault(model, []).append(float(value))
+        for kind, model, value in JOBS.findall(text):
+            COUNTS[f"{model} {kind}"] = float(value)
+        await asyncio.sleep(1.0)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return str(response.read().decode())
+
+
+async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
+                  queues: dict[str, list[float]]) -> tuple[
         dict[int, float], dict[int, float], set[int], float, object]:
     """Run the load with py-spy recording into `samples`: the worker's thread CPU
-    before and after, its Python threads, the wall time and the load's summary."""
+    before and after, its Python threads, the wall time and the load's summary; the
+    model threads' busy shares each second into `queues`."""
     talkers = [u for u in select(load_corpus(CORPUS), "ws")
                if u.kind in ("command", "question") and u.snr is None]
     async with LLMServer() as llm:
-        llm.behaviour.reply = lambda messages: (
-            default_reply(messages) + " I am happy to help you with that, so give me a "
-            "moment to think about the best answer.")
+        if not args.one_sentence:
+            llm.behaviour.reply = lambda messages: (
+                default_reply(messages) + " I am happy to help you with that, so give me "
+                "a moment to think about the best answer.")
         serve = [f"--max-sessions={args.callers + 5}", *args.serve_arg]
         with spawned_service(llm.base_url, serve) as (url, process):
             before, started = thread_cpu(process.pid), time.monotonic()
@@ -106,7 +145,10 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path) -> tuple
                 py_spy, "record", "--pid", str(process.pid), "--rate", str(args.rate),
                 "--format", "raw", "--output", str(samples), "--nonblocking",
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            queues["rss"] = [rss_mb(process.pid)]  # before the callers
+            watch = asyncio.create_task(watch_queues(url, process.pid, queues))
             results = await run_level(url, "ws", "cascade", talkers, args.callers, args.turns)
+            watch.cancel()
             after, wall = thread_cpu(process.pid), time.monotonic() - started
             dump = await asyncio.create_subprocess_exec(
                 py_spy, "dump", "--pid", str(process.pid), "--json",
@@ -144,6 +186,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=20)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--one-sentence", action="store_true",
+                        help="replies of one sentence ('You said: ...', as the latency "
+                        "suite's load test), not two (about 7 s of audio)")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra `voice serve` argument (repeatable)")
     args = parser.parse_args()
@@ -152,9 +197,20 @@ def main() -> None:
         raise SystemExit("py-spy is needed: pip install py-spy")
     with tempfile.TemporaryDirectory() as folder:
         samples = Path(folder) / "stacks.txt"
-        before, after, in_python, wall, level = asyncio.run(profile(args, py_spy, samples))
+        queues: dict[str, list[float]] = {}
+        before, after, in_python, wall, level = asyncio.run(
+            profile(args, py_spy, samples, queues))
         parts = read_samples(samples) if samples.exists() else collections.Counter()
     report(args, before, after, in_python, wall, parts, level)
+    rss = queues.pop("rss", [0.0])
+    print(f"worker resident memory: {rss[0]:.0f} MB before the callers, at most "
+          f"{max(rss):.0f} MB during the run")
+    for model, values in sorted(queues.items()):
+        ordered = sorted(values)
+        print(f"{model} thread busy (last 10 s, each second): median "
+              f"{ordered[len(ordered) // 2]:.0%}, max {ordered[-1]:.0%}; jobs run "
+              f"{COUNTS.get(f'{model} jobs', 0):.0f}, dropped unrun "
+              f"{COUNTS.get(f'{model} dropped', 0):.0f}")
 
 
 if __name__ == "__main__":
