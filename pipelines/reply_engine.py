@@ -29,6 +29,7 @@ from pipelines.providers.stt import hallucination_reason
 from pipelines.sentences import SentenceSplitter, clean_for_speech
 from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
 from voice.errors import ProviderError
+from voice.scheduler import DEMAND, current_demand
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class Generation:
     _first_audio: bool = True
 
     async def run(self) -> None:
+        # the inference queues run a reply nobody waits for yet after the work of those
+        # who do, and its later sentences after the first ones of others
+        DEMAND.set(current_demand().with_(wanted=self.hold))
         try:
             heard: str | None = None
             if self.audio is not None:
@@ -163,6 +167,7 @@ class Generation:
     async def _speak_pieces(self, pieces: asyncio.Queue[str | None]) -> None:
         while (piece := await pieces.get()) is not None:
             await self._voice(piece)
+            DEMAND.set(current_demand().with_(later=True))
             if self.hold is not None:
                 await self.hold.wait()
 

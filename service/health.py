@@ -74,12 +74,13 @@ def breakers(models: CascadeModels, *others: CircuitBreaker) -> dict[str, dict[s
 
 def readiness(load: WorkerLoad, admission: Admission,
               sip: SipBridge | None) -> tuple[bool, dict[str, object]]:
-    at_capacity = admission.refusal("") is not None
+    refused = admission.refusal("")
     failure = None if sip is None else sip.failure
-    ready = not load.draining and not at_capacity and failure is None
+    ready = not load.draining and refused is None and failure is None
     return ready, {"ready": ready, "draining": load.draining, "sessions": load.sessions,
                    "capacity": load.capacity,
                    "load": round(load.sessions / max(1, load.capacity), 3),
+                   "headroom": round(load.headroom, 3),
                    "sip_calls": None if sip is None else len(sip.calls),
                    "reason": "draining" if load.draining else failure
-                   or ("at capacity" if at_capacity else "")}
+                   or (refused.message if refused else "")}

@@ -42,7 +42,8 @@ from voice.admission import Admission, Refused
 from voice.clock import MONOTONIC, Clock
 from voice.errors import ProtocolError
 from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from voice.metrics import LiveSession, ServiceMetrics, WorkerLoad
+from voice.metrics import LiveSession, ModelQueue, ServiceMetrics, WorkerLoad
+from voice.scheduler import Headroom, InferenceQueue
 from voice.session import Pipeline, PipelineFactory, Session, SessionIO
 from voice.settings import Settings
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
@@ -69,7 +70,13 @@ class Service:
         self.models = models
         self.clock = clock
         self.draining = False
-        self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address)
+        queues = [queue for model in (models.stt, models.tts)
+                  if isinstance(queue := getattr(model, "queue", None), InferenceQueue)]
+        self.headroom = Headroom(queues, lambda: self.admission.open,
+                                 max_busy=settings.shed_busy,
+                                 max_wait_s=settings.shed_wait_ms / 1000)
+        self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
+                                   pressure=self.headroom.refusal)
         self.live = LiveSessions()
         self.metrics = ServiceMetrics(self.live.live, self.load, self.breakers,
                                       self.live.audio_frames)
@@ -118,7 +125,10 @@ class Service:
         return lookup
 
     def load(self) -> WorkerLoad:
-        return WorkerLoad(len(self.live.live()), self.settings.max_sessions, self.draining)
+        queues = tuple(ModelQueue(s.name, s.busy, sum(s.waiting.values()), s.now_wait_p90_s,
+                                  s.jobs, s.dropped) for s in self.headroom.stats())
+        return WorkerLoad(len(self.live.live()), self.settings.max_sessions, self.draining,
+                          headroom=self.headroom.headroom(), queues=queues)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         return readiness(self.load(), self.admission, self.sip)
@@ -199,7 +209,13 @@ class Service:
             return None
         if path == REALTIME_API_PATH and self.realtime_api.at_capacity():
             log.warning("refused a realtime API session: at capacity")
-            return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain")
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain",
+                                 retry_after=5)
+        if path == REALTIME_API_PATH and (busy := self.headroom.refusal()):
+            log.warning("refused a realtime API session: no headroom: %s", busy)
+            return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 f"no headroom: {busy}; try again later\n".encode(),
+                                 "text/plain", retry_after=5)
         if path == REALTIME_API_PATH:
             return None
         static = self.static.lookup(path)

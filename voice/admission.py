@@ -4,20 +4,22 @@
 `take()` checks and reserves a place in one step, with no await in between, so that
 connections arriving together cannot all pass a check made before any of them is
 counted (six WebRTC offers at once against a cap of three once made six sessions).
-A place is held by its `Ticket` until `release()`. Limits: `max_sessions` in all, and
-at most `per_address` from one source address (0: no such limit).
+A place is held by its `Ticket` until `release()`. Limits: `max_sessions` in all, at
+most `per_address` from one source address (0: no such limit), and none while the
+worker has no headroom (`pressure` says why: `voice.scheduler.Headroom`).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Refused:
-    code: str  # "capacity" or "address_limit"
+    code: str  # "capacity", "busy" (no headroom) or "address_limit"
     message: str
 
 
@@ -36,9 +38,11 @@ class Ticket:
 
 
 class Admission:
-    def __init__(self, max_sessions: int, per_address: int = 0) -> None:
+    def __init__(self, max_sessions: int, per_address: int = 0,
+                 pressure: Callable[[], str | None] | None = None) -> None:
         self.max_sessions = max_sessions
         self.per_address = per_address
+        self.pressure = pressure
         self._held: dict[int, str] = {}
         self._by_address: collections.Counter[str] = collections.Counter()
         self._numbers = itertools.count(1)
@@ -55,6 +59,9 @@ class Admission:
         if self.per_address and self._by_address[address] >= self.per_address:
             return Refused("address_limit", f"{self.per_address} sessions from one address "
                                             "at most")
+        why = self.pressure() if self.pressure is not None else None
+        if why:
+            return Refused("busy", f"no headroom: {why}; try again later")
         return None
 
     def take(self, address: str) -> Ticket | Refused:

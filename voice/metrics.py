@@ -33,10 +33,24 @@ class LiveSession:
 
 
 @dataclass(frozen=True)
+class ModelQueue:
+    """One local model's inference queue, as `voice.scheduler.QueueStats` reports it."""
+
+    name: str
+    busy: float
+    waiting: int
+    now_wait_p90_s: float
+    jobs: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
 class WorkerLoad:
     sessions: int
     capacity: int
     draining: bool
+    headroom: float = 1.0  # voice.scheduler.Headroom.headroom(): 0 when no room is left
+    queues: tuple[ModelQueue, ...] = ()
 
 
 class ServiceMetrics:
@@ -112,6 +126,33 @@ class _Gauges(Collector):
                                 value=load.sessions / max(1, load.capacity))
         yield GaugeMetricFamily("voice_draining", "1 while the worker drains (SIGTERM).",
                                 value=int(load.draining))
+        yield GaugeMetricFamily("voice_headroom_ratio",
+                                "Room for more sessions: 1 - the busiest local model's "
+                                "projected busy share over shed_busy (0: new sessions "
+                                "are refused).", value=load.headroom)
+        busy = GaugeMetricFamily("voice_inference_busy_ratio",
+                                 "Share of the last 10 s a local model's thread was busy.",
+                                 labels=["model"])
+        waiting = GaugeMetricFamily("voice_inference_queue_jobs",
+                                    "Inference jobs waiting for a local model.",
+                                    labels=["model"])
+        late = GaugeMetricFamily("voice_inference_wait_p90_seconds",
+                                 "How long work a caller waits for (final transcripts, "
+                                 "first sentences) waited for its model (p90, last 10 s).",
+                                 labels=["model"])
+        jobs = CounterMetricFamily("voice_inference_jobs", "Inference jobs a local model ran.",
+                                   labels=["model"])
+        dropped = CounterMetricFamily("voice_inference_dropped",
+                                      "Inference jobs dropped unrun: their caller stopped "
+                                      "waiting (a speculation the caller talked over).",
+                                      labels=["model"])
+        for queue in load.queues:
+            busy.add_metric([queue.name], queue.busy)
+            waiting.add_metric([queue.name], queue.waiting)
+            late.add_metric([queue.name], queue.now_wait_p90_s)
+            jobs.add_metric([queue.name], queue.jobs)
+            dropped.add_metric([queue.name], queue.dropped)
+        yield from (busy, waiting, late, jobs, dropped)
         state = GaugeMetricFamily("voice_breaker_state",
                                   "Circuit breaker state per provider (1 for the current one).",
                                   labels=["provider", "state"])

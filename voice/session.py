@@ -19,6 +19,7 @@ from voice.errors import VoiceError
 from voice.events import DtmfReceived, ErrorOccurred, Event, Pong
 from voice.logs import SESSION_ID
 from voice.playout import Playout
+from voice.scheduler import DEMAND, Demand
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ class Session:
 
     async def run(self, factory: PipelineFactory) -> None:
         SESSION_ID.set(self.id)  # every log line of this session's tasks carries it
+        DEMAND.set(Demand(owner=self.id))  # and every inference job it asks for
         try:
             self.pipeline = factory(self)
             async with asyncio.TaskGroup() as tg:

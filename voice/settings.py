@@ -96,7 +96,10 @@ class Settings:
     stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.")
     stt_device: str = _opt("cpu", "CTranslate2 device.")
     stt_compute_type: str = _opt("int8", "CTranslate2 compute type.")
-    stt_threads: int = _opt(2, "CPU threads for speech-to-text.")
+    stt_threads: int = _opt(1, "CPU threads for speech-to-text (CTranslate2, and its OpenMP "
+                            "pool unless OMP_NUM_THREADS is set). One is fastest for turns "
+                            "of a few seconds: a second thread spins more than it helps "
+                            "(docs/deploy.md).")
     stt_language: str = _opt("en", "Spoken language (multilingual Whisper models).")
     stt_no_speech_threshold: float = _opt(0.6, "Drop transcripts whose no-speech probability "
                                           "is above this.")
@@ -145,8 +148,15 @@ class Settings:
     dtmf_hangup_message: str = _opt("Connecting you to a person. Goodbye.",
                                     "Spoken before hanging up on the hang-up digit.")
     # Sessions and limits
-    max_sessions: int = _opt(20, "Concurrent sessions (WebSocket, WebRTC and SIP together); "
-                             "more are refused with HTTP 503 (SIP 503).")
+    max_sessions: int = _opt(100, "Concurrent sessions (WebSocket, WebRTC and SIP together); "
+                             "more are refused with HTTP 503 (SIP 503). The worker's "
+                             "headroom (shed_busy, shed_wait_ms) usually refuses sooner.")
+    shed_busy: float = _opt(0.85, "Refuse new sessions (HTTP 503, SIP 503, /readyz fails) "
+                            "when a local model's thread would be busier than this share "
+                            "of its time with one more session; 0: off.")
+    shed_wait_ms: int = _opt(300, "Refuse new sessions when the work callers wait for "
+                             "(final transcripts, first sentences) waited longer than this "
+                             "for a local model (90th percentile, last 10 s); 0: off.")
     max_sessions_per_address: int = _opt(
         0, "Concurrent sessions from one source address; more are refused with HTTP 503 "
         "(SIP 486); 0: no such limit.")
@@ -238,6 +248,8 @@ class Settings:
             (self.barge_in_pause_ms >= self.vad_frame_ms, "barge_in_pause_ms below one frame"),
             (self.max_sessions >= 1, "max_sessions must be at least 1"),
             (self.max_sessions_per_address >= 0, "max_sessions_per_address must be >= 0"),
+            (0 <= self.shed_busy <= 1, "shed_busy must be between 0 and 1"),
+            (self.shed_wait_ms >= 0, "shed_wait_ms must be >= 0"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.max_session_s >= 0, "max_session_s must be >= 0"),

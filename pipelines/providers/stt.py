@@ -3,7 +3,10 @@
 Whisper pads every input to 30 s, which costs ~0.3 s per turn with tiny.en on two
 cores. For turns up to `SHORT_WINDOW_S` we call CTranslate2's `generate` on a mel
 window only as long as the audio plus a margin of silence (the decoder repeats itself
-without one): ~0.03 s. Longer audio takes faster-whisper's ordinary path.
+without one): ~0.05 s on one core. Longer audio takes faster-whisper's ordinary path.
+Short turns of several sessions that wait together in the model's inference queue
+(`voice.scheduler`) are decoded in one batched call, their windows padded to the
+longest (turns of about the same length only: `BATCH_BUCKET_S`).
 
 Guards against Whisper's hallucinations on silence and noise live in
 `hallucination_reason()`; the pipeline drops any transcript it flags.
@@ -11,10 +14,10 @@ Guards against Whisper's hallucinations on silence and noise live in
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,12 +25,14 @@ import numpy as np
 
 from voice.audio import PIPELINE_RATE, Int16Array, int16_to_float32
 from voice.errors import ConfigError, ProviderError
+from voice.scheduler import InferenceQueue
 
 log = logging.getLogger(__name__)
 
 SHORT_WINDOW_S = 25.0
 MARGIN_S = 0.4
 MIN_WINDOW_S = 1.0
+BATCH_BUCKET_S = 4.0  # turns batch together only within the same 4 s of length
 
 
 @dataclass(frozen=True)
@@ -125,15 +130,15 @@ def _cut(words: list[str], end: int) -> str:
 
 
 class WhisperSTT:
-    """faster-whisper model shared by all sessions; calls run on one worker thread."""
+    """faster-whisper model shared by all sessions; calls wait in its inference queue
+    (`voice.scheduler`) and run one at a time on the queue's thread."""
 
-    def __init__(self, model: Any, language: str, executor: ThreadPoolExecutor,
-                 name: str) -> None:
+    def __init__(self, model: Any, language: str, name: str) -> None:
         from faster_whisper.tokenizer import Tokenizer
 
         self._model = model
-        self._executor = executor
         self.name = name
+        self.queue = InferenceQueue("stt")
         self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
                                     task="transcribe", language=language)
         self._language = language
@@ -142,6 +147,9 @@ class WhisperSTT:
     @classmethod
     def load(cls, model_ref: str, device: str, compute_type: str, threads: int,
              language: str) -> WhisperSTT:
+        # CTranslate2's OpenMP pool sizes itself when the library loads, to every core
+        # unless told; on turns of a few seconds its extra threads mostly spin
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         from faster_whisper import WhisperModel
 
         if not model_ref:
@@ -153,13 +161,15 @@ class WhisperSTT:
                                  cpu_threads=threads)
         except Exception as exc:  # any load failure is a configuration problem
             raise ConfigError(f"cannot load faster-whisper model {model_ref!r}: {exc}") from exc
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt")
-        return cls(model, language, executor, name=f"faster-whisper:{model_ref}")
+        return cls(model, language, name=f"faster-whisper:{model_ref}")
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
-        loop = asyncio.get_running_loop()
+        seconds = len(audio) / PIPELINE_RATE
         try:
-            return await loop.run_in_executor(self._executor, self.transcribe_sync, audio)
+            if seconds <= SHORT_WINDOW_S:
+                return await self.queue.run_batched(
+                    self._transcribe_windows, audio, key=math.ceil(seconds / BATCH_BUCKET_S))
+            return await self.queue.run(self.transcribe_sync, audio)
         except ProviderError:
             raise
         except Exception as exc:
@@ -173,16 +183,30 @@ class WhisperSTT:
         return self._transcribe_long(samples, seconds)
 
     def _transcribe_window(self, samples: np.ndarray, seconds: float) -> Transcript:
+        return self._windows([samples])[0]
+
+    def _transcribe_windows(self, audios: list[Int16Array]) -> list[Transcript]:
+        return self._windows([int16_to_float32(audio) for audio in audios])
+
+    def _windows(self, batch: list[np.ndarray]) -> list[Transcript]:
+        """Short turns in one `generate` call, each padded with silence to the window
+        of the longest (its length plus `MARGIN_S`, at least `MIN_WINDOW_S`)."""
         import ctranslate2
 
-        pad = max(MARGIN_S, MIN_WINDOW_S - seconds)
-        padded = np.concatenate([samples, np.zeros(int(pad * PIPELINE_RATE), np.float32)])
-        features = self._model.feature_extractor(padded, padding=0)
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None]))
-        max_length = min(224, int(6 * seconds) + 12)
-        result = self._model.model.generate(
-            view, [self._prompt], beam_size=1, max_length=max_length, return_scores=True,
-            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])[0]
+        longest = max(len(samples) for samples in batch) / PIPELINE_RATE
+        window = int(max(longest + MARGIN_S, MIN_WINDOW_S) * PIPELINE_RATE)
+        features = np.stack([self._model.feature_extractor(
+            np.concatenate([samples, np.zeros(window - len(samples), np.float32)]), padding=0)
+            for samples in batch])
+        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
+        results = self._model.model.generate(
+            view, [self._prompt] * len(batch), beam_size=1,
+            max_length=min(224, int(6 * longest) + 12), return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
+        return [self._transcript(result, len(samples) / PIPELINE_RATE)
+                for result, samples in zip(results, batch, strict=True)]
+
+    def _transcript(self, result: Any, seconds: float) -> Transcript:
         ids = cut_repetition([t for t in result.sequences_ids[0] if t < self._tokenizer.eot])
         return Transcript(text=cut_repeated_words(self._tokenizer.decode(ids).strip()),
                           no_speech_prob=float(result.no_speech_prob),

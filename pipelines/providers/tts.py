@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,6 +10,7 @@ import numpy as np
 
 from voice.audio import Int16Array
 from voice.errors import ConfigError, ProviderError
+from voice.scheduler import InferenceQueue
 
 TTS_THREADS = 0  # onnxruntime intra-op threads of a Piper voice; 0: one per core
 
@@ -24,12 +23,13 @@ class TextToSpeech(Protocol):
 
 
 class PiperTTS:
-    """A Piper voice shared by all sessions; synthesis runs on one worker thread."""
+    """A Piper voice shared by all sessions; synthesis waits in its inference queue
+    (`voice.scheduler`) and runs one sentence at a time on the queue's thread."""
 
-    def __init__(self, voice: Any, executor: ThreadPoolExecutor, name: str) -> None:
+    def __init__(self, voice: Any, name: str) -> None:
         self._voice = voice
-        self._executor = executor
         self.name = name
+        self.queue = InferenceQueue("tts")
         self.sample_rate = int(voice.config.sample_rate)
 
     @classmethod
@@ -52,13 +52,11 @@ class PiperTTS:
                                config=PiperConfig.from_dict(json.loads(Path(config).read_text())))
         except Exception as exc:
             raise ConfigError(f"cannot load Piper voice {voice_path}: {exc}") from exc
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
-        return cls(voice, executor, name=f"piper:{Path(voice_path).name}")
+        return cls(voice, name=f"piper:{Path(voice_path).name}")
 
     async def synthesize(self, text: str) -> Int16Array:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._synthesize_sync, text)
+            return await self.queue.run(self._synthesize_sync, text)
         except Exception as exc:
             raise ProviderError(f"speech synthesis failed: {exc}", provider=self.name) from exc
 

@@ -290,13 +290,13 @@ class SipBridge:
 
     def _admit(self, transaction: ServerTransaction) -> Ticket | None:
         """A place among the worker's sessions, or the INVITE is answered here: 503 with
-        Retry-After at capacity (a dispatcher tries another worker), 486 for a caller
-        address over its own limit."""
+        Retry-After at capacity or without headroom (a dispatcher tries another
+        worker), 486 for a caller address over its own limit."""
         if self._admission is None:
             return None
         ticket = self._admission.take(transaction.address[0])
         if isinstance(ticket, Refused):
-            self._refuse(transaction, 503 if ticket.code == "capacity" else 486,
+            self._refuse(transaction, 486 if ticket.code == "address_limit" else 503,
                          ticket.message, ("Retry-After", str(DRAINING_RETRY_AFTER_S)))
             raise _Handled
         return ticket

@@ -1,0 +1,235 @@
+"""The worker's inference queues (voice/scheduler.py): most urgent job first, a
+speculation that is confirmed moves up, a cancelled job never runs, and the queue's
+own figures (busy share, waits) feed the headroom that admission reads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from voice.admission import Admission, Refused
+from voice.scheduler import DEMAND, Demand, Headroom, InferenceQueue, QueueStats, Urgency
+
+pytestmark = pytest.mark.unit
+
+
+class Gate:
+    """A first job that holds the queue's thread until opened, so that the jobs
+    behind it queue up and their order can be seen."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def hold(self) -> str:
+        self.entered.set()
+        assert self.opened.wait(5)
+        return "gate"
+
+
+async def submit(queue: InferenceQueue, order: list[str], label: str,
+                 demand: Demand) -> str:
+    DEMAND.set(demand)  # this task's own context
+
+    def job(audio: np.ndarray) -> str:
+        order.append(label)
+        return label
+
+    # audio arguments as the models get them: jobs of different lengths are never
+    # compared element by element (a cancelled job is found by identity)
+    return await queue.run(job, np.zeros(1600 * (len(order) + len(label)), np.int16))
+
+
+async def blocked_queue() -> tuple[InferenceQueue, Gate, asyncio.Task[str]]:
+    queue, gate = InferenceQueue("test"), Gate()
+    first = asyncio.create_task(queue.run(gate.hold))
+    await asyncio.to_thread(gate.entered.wait, 5)
+    return queue, gate, first
+
+
+async def test_urgent_work_runs_first_and_equal_urgency_in_order() -> None:
+    queue, gate, first = await blocked_queue()
+    order: list[str] = []
+    speculation = asyncio.Event()
+    jobs = [asyncio.create_task(submit(queue, order, label, demand)) for label, demand in [
+        ("speculative", Demand("a", wanted=speculation)),
+        ("later sentence", Demand("b", later=True)),
+        ("final transcript", Demand("c")),
+        ("first sentence", Demand("d")),
+    ]]
+    await asyncio.sleep(0.05)
+    assert queue.stats().waiting == {"NOW": 2, "SOON": 1, "SPECULATIVE": 1}
+    gate.opened.set()
+    assert await asyncio.gather(first, *jobs) == [
+        "gate", "speculative", "later sentence", "final transcript", "first sentence"]
+    assert order == ["final transcript", "first sentence", "later sentence", "speculative"]
+    queue.close()
+
+
+async def test_a_speculation_confirmed_while_it_waits_moves_up() -> None:
+    queue, gate, first = await blocked_queue()
+    order: list[str] = []
+    confirmed = asyncio.Event()
+    jobs = [asyncio.create_task(submit(queue, order, "later", Demand("a", later=True))),
+            asyncio.create_task(submit(queue, order, "speculation",
+                                       Demand("b", wanted=confirmed)))]
+    await asyncio.sleep(0.05)
+    confirmed.set()  # the turn ended as the speculation guessed
+    gate.opened.set()
+    await asyncio.gather(first, *jobs)
+    assert order == ["speculation", "later"]
+    queue.close()
+
+
+async def test_a_cancelled_job_leaves_the_queue_unrun() -> None:
+    queue, gate, first = await blocked_queue()
+    order: list[str] = []
+    stale = asyncio.create_task(submit(queue, order, "stale", Demand("a")))
+    fresh = asyncio.create_task(submit(queue, order, "fresh", Demand("a")))
+    await asyncio.sleep(0.05)
+    stale.cancel()  # the caller spoke again: that speculation is thrown away
+    await asyncio.sleep(0.05)
+    assert sum(queue.stats().waiting.values()) == 1
+    gate.opened.set()
+    await asyncio.gather(first, fresh)
+    assert order == ["fresh"] and queue.stats().dropped == 1
+    with pytest.raises(asyncio.CancelledError):
+        await stale
+    queue.close()
+
+
+async def test_a_failing_job_raises_in_its_caller_and_the_queue_goes_on() -> None:
+    queue = InferenceQueue("test")
+
+    def broken() -> None:
+        raise ValueError("model exploded")
+
+    with pytest.raises(ValueError, match="model exploded"):
+        await queue.run(broken)
+    assert await queue.run(lambda: 42) == 42
+    queue.close()
+
+
+def test_demand_urgency() -> None:
+    waiting = asyncio.Event()
+    assert Demand().urgency() is Urgency.NOW
+    assert Demand(later=True).urgency() is Urgency.SOON
+    assert Demand(wanted=waiting, later=True).urgency() is Urgency.SPECULATIVE
+    waiting.set()
+    assert Demand(wanted=waiting).urgency() is Urgency.NOW
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_busy_share_and_waits_are_measured_over_the_window() -> None:
+    clock = FakeTime()
+    queue = InferenceQueue("stt", clock=clock)
+
+    def work(seconds: float) -> None:
+        clock.now += seconds
+
+    for owner in ("s1", "s2"):
+        DEMAND.set(Demand(owner))
+        await queue.run(work, 2.0)  # 4 s of work in 4 s: busy all along
+    stats = queue.stats()
+    assert stats.busy == pytest.approx(1.0) and stats.sessions == 2 and stats.jobs == 2
+    clock.now += 4.0  # then idle: 4 of the last 8 s busy
+    assert queue.stats().busy == pytest.approx(0.5)
+    clock.now += 20.0  # the window has moved past it all
+    assert queue.stats().busy == 0.0
+    queue.close()
+
+
+def stats(busy: float, sessions: int, wait_s: float = 0.0) -> QueueStats:
+    return QueueStats("tts", busy, {}, wait_s, sessions, 0, 0)
+
+
+class FixedQueue(InferenceQueue):
+    def __init__(self, figures: QueueStats) -> None:
+        super().__init__(figures.name)
+        self.figures = figures
+
+    def stats(self) -> QueueStats:
+        return self.figures
+
+
+def test_headroom_projects_the_busy_share_to_one_more_session() -> None:
+    queue = FixedQueue(stats(busy=0.6, sessions=10))
+    headroom = Headroom([queue], sessions=lambda: 10, max_busy=0.85)
+    assert headroom.refusal() is None  # 0.6 * 11 / 10 = 0.66
+    assert headroom.headroom() == pytest.approx(1 - 0.66 / 0.85)
+    headroom = Headroom([queue], sessions=lambda: 14, max_busy=0.85)
+    why = headroom.refusal()  # 0.6 * 15 / 10 = 0.9: four sessions have not talked yet
+    assert why is not None and "90% busy" in why and headroom.headroom() == 0.0
+    quiet = Headroom([FixedQueue(stats(busy=0.1, sessions=1))], sessions=lambda: 50)
+    assert quiet.refusal() is None  # a few talkers among many quiet sessions: room
+
+
+def test_headroom_refuses_when_urgent_work_is_already_late() -> None:
+    late = FixedQueue(stats(busy=0.3, sessions=10, wait_s=0.45))
+    why = Headroom([late], sessions=lambda: 10, max_wait_s=0.3).refusal()
+    assert why is not None and "450 ms" in why
+    assert Headroom([late], sessions=lambda: 10, max_wait_s=0).refusal() is None  # off
+
+
+def test_admission_refuses_with_busy_when_there_is_no_headroom() -> None:
+    pressure: list[str | None] = [None]
+    admission = Admission(max_sessions=100, pressure=lambda: pressure[0])
+    ticket = admission.take("10.0.0.1")
+    assert not isinstance(ticket, Refused)
+    pressure[0] = "tts would be 90% busy"
+    refused = admission.take("10.0.0.2")
+    assert isinstance(refused, Refused) and refused.code == "busy"
+    assert "tts would be 90% busy" in refused.message and admission.open == 1
+    ticket.release()
+
+
+async def test_waiting_jobs_of_one_batch_key_and_urgency_run_as_one_call() -> None:
+    queue, gate, first = await blocked_queue()
+    calls: list[list[str]] = []
+
+    def batch(items: list[str]) -> list[str]:
+        calls.append(items)
+        return [item.upper() for item in items]
+
+    async def ask(item: str, key: int, demand: Demand) -> str:
+        DEMAND.set(demand)
+        return await queue.run_batched(batch, item, key=key)
+
+    speculation = asyncio.Event()
+    jobs = [asyncio.create_task(ask(item, key, demand)) for item, key, demand in [
+        ("a", 1, Demand("s1")), ("b", 1, Demand("s2")), ("long", 2, Demand("s3")),
+        ("guess", 1, Demand("s4", wanted=speculation)), ("c", 1, Demand("s5")),
+        ("d", 1, Demand("s6")), ("e", 1, Demand("s7"))]]
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    assert await asyncio.gather(*jobs) == ["A", "B", "LONG", "GUESS", "C", "D", "E"]
+    await first
+    # at most four at once, never across keys, never a speculation with urgent work
+    assert calls == [["a", "b", "c", "d"], ["long"], ["e"], ["guess"]]
+    assert queue.stats().jobs == 8
+    queue.close()
+
+
+async def test_a_failing_batch_fails_each_of_its_jobs() -> None:
+    queue, gate, first = await blocked_queue()
+
+    def batch(items: list[int]) -> list[int]:
+        raise RuntimeError("out of memory")
+
+    jobs = [asyncio.create_task(queue.run_batched(batch, n, key=0)) for n in range(3)]
+    await asyncio.sleep(0.05)
+    gate.opened.set()
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "out of memory" in str(r) for r in results)
+    assert await first == "gate"
+    queue.close()
