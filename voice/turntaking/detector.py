@@ -10,8 +10,8 @@ speech: the end of the last speech-like frame. Silence is counted in audio time 
 there, so webrtcvad's hangover does not lengthen the wait. `SPECULATE_AFTER_MS` of
 silence reports `SpeechPaused` (the moment to start transcribing speculatively: the
 gaps between words, shorter, would each start a transcription thrown away at the next
-word); speech after it reports `SpeechResumed`; when the end-of-turn policy's wait has passed the turn
-ends with `TurnEnded` carrying the audio up to the true end.
+word); speech after it reports `SpeechResumed`; when the end-of-turn policy's wait
+has passed the turn ends with `TurnEnded` carrying the audio up to the true end.
 """
 
 from __future__ import annotations
