@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import os
 import re
@@ -93,7 +94,9 @@ def read_samples(path: Path) -> collections.Counter[str]:
 
 METRIC = re.compile(r'^voice_inference_busy_ratio\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
 JOBS = re.compile(r'^voice_inference_(jobs|dropped)_total\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
+GARBAGE: collections.Counter[str] = collections.Counter()  # what --garbage sent
 COUNTS: dict[str, float] = {}  # "stt jobs", "stt dropped", ...: the last scrape's totals
+CYCLES: list[str] = []  # --cycles: the worker after each
 
 
 def rss_mb(pid: int) -> float:
@@ -125,6 +128,41 @@ def _get(url: str) -> str:
         return str(response.read().decode())
 
 
+async def garbage_client(url: str, sent: collections.Counter[str]) -> None:
+    """A client beside the callers that sends the worker nothing but garbage, as fast
+    as the worker takes it: odd-length audio, bad JSON, unknown events, oversized
+    messages; it reconnects whenever it is closed."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    junk: list[str | bytes] = [b"\x01\x02\x03", "{not json", '{"type": "nope"}',
+                               '{"type": "dtmf", "digit": [1]}', b"\x00" * 300_000,
+                               "\u0000" * 100, '{"type": "response.cancel", "x": NaN}']
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    while True:
+        try:
+            async with connect(ws_url, max_size=None) as ws:
+                sent["connections"] += 1
+                for k in itertools.count():
+                    await ws.send(junk[k % len(junk)])
+                    sent["messages"] += 1
+                    await asyncio.sleep(0.005)
+        except (OSError, WebSocketException):
+            sent["closed"] += 1
+            await asyncio.sleep(0.05)
+
+
+async def settled(url: str, pid: int, cycle: int) -> str:
+    """The worker once the sessions of a cycle are gone: its memory and tasks."""
+    for _ in range(50):
+        health = json.loads(await asyncio.to_thread(_get, f"{url}/healthz"))
+        if health["sessions"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    return (f"after cycle {cycle}: {rss_mb(pid):.0f} MB resident, {health['tasks']} tasks, "
+            f"{health['sessions']} sessions")
+
+
 async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
                   queues: dict[str, list[float]]) -> tuple[
         dict[int, float], dict[int, float], set[int], float, object]:
@@ -147,8 +185,16 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             queues["rss"] = [rss_mb(process.pid)]  # before the callers
             watch = asyncio.create_task(watch_queues(url, process.pid, queues))
+            garbage = asyncio.create_task(garbage_client(url, GARBAGE)) if args.garbage else None
             results = await run_level(url, "ws", "cascade", talkers, args.callers, args.turns)
+            for cycle in range(1, args.cycles):
+                CYCLES.append(await settled(url, process.pid, cycle))
+                await run_level(url, "ws", "cascade", talkers, args.callers, 1)
+            if args.cycles > 1:
+                CYCLES.append(await settled(url, process.pid, args.cycles))
             watch.cancel()
+            if garbage is not None:
+                garbage.cancel()
             after, wall = thread_cpu(process.pid), time.monotonic() - started
             dump = await asyncio.create_subprocess_exec(
                 py_spy, "dump", "--pid", str(process.pid), "--json",
@@ -186,6 +232,11 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=20)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--cycles", type=int, default=1,
+                        help="after the run, N-1 more cycles of the callers coming, taking "
+                        "one turn each and going; the worker's memory and tasks after each")
+    parser.add_argument("--garbage", action="store_true",
+                        help="a client beside the callers sending garbage all along")
     parser.add_argument("--one-sentence", action="store_true",
                         help="replies of one sentence ('You said: ...', as the latency "
                         "suite's load test), not two (about 7 s of audio)")
@@ -202,6 +253,12 @@ def main() -> None:
             profile(args, py_spy, samples, queues))
         parts = read_samples(samples) if samples.exists() else collections.Counter()
     report(args, before, after, in_python, wall, parts, level)
+    if GARBAGE:
+        print(f"garbage client: {GARBAGE['messages']} messages over "
+              f"{GARBAGE['connections']} connections, closed by the worker "
+              f"{GARBAGE['closed']} times")
+    for line in CYCLES:
+        print(line)
     rss = queues.pop("rss", [0.0])
     print(f"worker resident memory: {rss[0]:.0f} MB before the callers, at most "
           f"{max(rss):.0f} MB during the run")

@@ -182,6 +182,7 @@ class Service:
             "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
             "audio_api_port": None if self.audio_api is None else self.audio_api.port,
             "replies_running": replies_running(),
+            "tasks": len(asyncio.all_tasks()),  # all of the worker's: a leak shows here
             "breakers": self.breakers(),
         }
 

@@ -430,3 +430,19 @@ async def test_a_second_socket_on_the_callers_host_cannot_press_keys() -> None:
         foreign = call.media.inbound.stats.foreign
         await phone.close()
     assert stubs.made[0].digits == ["5"] and foreign >= 1
+
+
+async def test_a_worker_without_headroom_answers_503() -> None:
+    """The worker's headroom (its inference queues, voice/scheduler.py) refuses a call
+    the way capacity does: 503 (with Retry-After), so a dispatcher tries another
+    worker; once there is room again, calls are taken."""
+    why: list[str | None] = ["tts would be 91% busy with one more session (limit 85%)"]
+    admission = Admission(max_sessions=100, pressure=lambda: why[0])
+    async with running_bridge(admission) as (bridge, _):
+        phone = SipPhone(target(bridge), events=False)
+        with pytest.raises(SipError) as caught:
+            await phone.connect()
+        assert caught.value.status == 503 and admission.open == 0
+        why[0] = None
+        async with SipPhone(target(bridge), events=False):
+            assert admission.open == 1

@@ -233,3 +233,17 @@ async def test_a_failing_batch_fails_each_of_its_jobs() -> None:
     assert all(isinstance(r, RuntimeError) and "out of memory" in str(r) for r in results)
     assert await first == "gate"
     queue.close()
+
+
+def test_readyz_fails_with_the_reason_when_there_is_no_headroom() -> None:
+    from service.health import readiness
+    from voice.metrics import WorkerLoad
+
+    pressure: list[str | None] = ["stt is running late: urgent jobs waited 450 ms (p90)"]
+    admission = Admission(max_sessions=100, pressure=lambda: pressure[0])
+    ready, body = readiness(WorkerLoad(12, 100, False, headroom=0.0), admission, None)
+    assert not ready and body["headroom"] == 0.0
+    assert "no headroom: stt is running late" in str(body["reason"])
+    pressure[0] = None
+    ready, body = readiness(WorkerLoad(12, 100, False, headroom=0.4), admission, None)
+    assert ready and body["reason"] == "" and body["headroom"] == 0.4
