@@ -14,7 +14,10 @@ other workers can share them (`--stt-url`, `--tts-url`; pipelines/providers/remo
 
 aiohttp serves it (HTTP/1.1 keep-alive, multipart parsing, chunked streaming): the
 main port is a WebSocket server, which takes no POST requests. Limits: 25 MB of audio
-(the OpenAI API's own limit), 4096 characters of input; an optional bearer key
+(the OpenAI API's own limit; more is refused with 413), `MAX_AUDIO_SECONDS` of it and
+`MAX_CHANNELS` (read from the file's header before it is decoded: 25 MB of compressed
+audio can hold hours, which would hold the shared model for minutes), 4096 characters
+of input; an optional bearer key
 (`--audio-api-key`). Errors are OpenAI-shaped JSON (`{"error": {"message", "type",
 "code"}}`) with the matching status, so the `openai` client raises the usual
 exceptions.
@@ -42,6 +45,8 @@ from voice.errors import ProviderError
 log = logging.getLogger(__name__)
 
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
+MAX_AUDIO_SECONDS = 120.0  # workers send turns of at most max_turn_s (30 s)
+MAX_CHANNELS = 8
 MAX_INPUT_CHARS = 4096
 
 
@@ -101,9 +106,16 @@ class AudioApi:
         upload = form.get("file")
         if not isinstance(upload, web.FileField):
             return _error(400, "the 'file' field (an audio file) is required", "missing_file")
+        raw = upload.file.read()
         try:
-            data, rate = soundfile.read(io.BytesIO(upload.file.read()), dtype="int16",
-                                        always_2d=True)
+            info = soundfile.info(io.BytesIO(raw))
+            if info.channels > MAX_CHANNELS:
+                return _error(400, f"{info.channels} channels; at most {MAX_CHANNELS}",
+                              "invalid_audio")
+            if info.frames > MAX_AUDIO_SECONDS * info.samplerate:
+                return _error(400, f"{info.frames / info.samplerate:.0f} s of audio; at most "
+                              f"{MAX_AUDIO_SECONDS:.0f} s", "audio_too_long")
+            data, rate = soundfile.read(io.BytesIO(raw), dtype="int16", always_2d=True)
         except (RuntimeError, soundfile.LibsndfileError, TypeError) as exc:
             return _error(400, f"cannot read the audio file: {exc}", "invalid_audio")
         audio = resample(np.ascontiguousarray(data.mean(axis=1).astype(np.int16)), rate,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import openai
 import pytest
+import soundfile
 
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
@@ -89,6 +90,18 @@ async def test_bad_requests_get_openai_shaped_errors(
     with pytest.raises(openai.BadRequestError, match="cannot read the audio"):
         await client.audio.transcriptions.create(file=("x.wav", b"not audio at all", "audio/wav"),
                                                  model="whisper-1")
+    # three minutes of silence: a small file (FLAC), but too long for the shared model
+    long_file = io.BytesIO()
+    soundfile.write(long_file, np.zeros(8000 * 180, np.int16), 8000, format="FLAC")
+    assert len(long_file.getvalue()) < 200_000
+    with pytest.raises(openai.BadRequestError, match="180 s of audio; at most 120 s"):
+        await client.audio.transcriptions.create(
+            file=("long.flac", long_file.getvalue(), "audio/flac"), model="whisper-1")
+    many = io.BytesIO()
+    soundfile.write(many, np.zeros((1600, 16), np.int16), 16000, format="WAV")
+    with pytest.raises(openai.BadRequestError, match="16 channels; at most 8"):
+        await client.audio.transcriptions.create(
+            file=("many.wav", many.getvalue(), "audio/wav"), model="whisper-1")
     with pytest.raises(openai.BadRequestError, match="input"):
         await client.audio.speech.create(model="tts-1", voice="alloy", input="   ")
     with pytest.raises(openai.BadRequestError, match="input"):
