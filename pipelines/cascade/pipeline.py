@@ -41,7 +41,7 @@ from voice.latency import TurnTimeline
 from voice.playout import Playout, wait_until_played
 from voice.session import SessionIO
 from voice.settings import Settings
-from voice.tasks import cancel_and_wait
+from voice.tasks import AUDIO_QUEUE_ITEMS, LatestQueue, cancel_and_wait
 from voice.turntaking.detector import (
     OnsetAbandoned,
     SpeechOnset,
@@ -77,7 +77,8 @@ class CascadePipeline:
         self._listener = Listener(config, io.sample_rate)
         self._floor = Floor(self, config.barge_in_confirm_ms, config.continuation_window_ms,
                             PIPELINE_RATE, config.max_turn_s)
-        self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
+        self._audio: LatestQueue[tuple[Int16Array, int]] = LatestQueue(
+            AUDIO_QUEUE_ITEMS, "caller audio")
         self.history: list[dict[str, str]] = []
         self._turn_id = 0
         self._speculation: _Running | None = None
@@ -91,7 +92,7 @@ class CascadePipeline:
         return self._io.playout
 
     def push_audio(self, samples: Int16Array, arrival_ns: int) -> None:
-        self._audio.put_nowait((samples, arrival_ns))
+        self._audio.put_latest((samples, arrival_ns))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -61,6 +61,7 @@ from voice.latency import TurnTimeline
 from voice.playout import Playout
 from voice.resilience import CircuitBreaker
 from voice.session import SessionIO
+from voice.tasks import AUDIO_QUEUE_ITEMS, LatestQueue
 from voice.turntaking.detector import (
     TurnEnded,
 )
@@ -87,7 +88,8 @@ class RealtimePipeline:
         self._fallback = fallback
         self._delegate: Fallback | None = None  # the fallback, once it serves the session
         self._unheard = UnheardAudio(io.sample_rate)  # while not connected
-        self._audio: asyncio.Queue[tuple[Int16Array, int]] = asyncio.Queue()
+        self._audio: LatestQueue[tuple[Int16Array, int]] = LatestQueue(
+            AUDIO_QUEUE_ITEMS, "caller audio")
         self._to_provider = StreamResampler(io.sample_rate, rt.PROVIDER_RATE)
         self._local = (LocalTurnTaking(self, options, stt, clock, io.sample_rate,
                                        rt.PROVIDER_RATE)
@@ -118,7 +120,7 @@ class RealtimePipeline:
         if self._delegate is not None:
             self._delegate.push_audio(samples, arrival_ns)
         else:
-            self._audio.put_nowait((samples, arrival_ns))
+            self._audio.put_latest((samples, arrival_ns))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -247,3 +247,4 @@ def test_readyz_fails_with_the_reason_when_there_is_no_headroom() -> None:
     pressure[0] = None
     ready, body = readiness(WorkerLoad(12, 100, False, headroom=0.4), admission, None)
     assert ready and body["reason"] == "" and body["headroom"] == 0.4
+
