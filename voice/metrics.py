@@ -109,6 +109,14 @@ class _Gauges(Collector):
         self._frames = frames
 
     def collect(self) -> Iterator[Metric]:
+        yield self._sessions()
+        load = self._load()
+        yield from self._worker(load)
+        yield from self._inference(load.queues)
+        yield from self._breaker_metrics()
+        yield self._audio_frames()
+
+    def _sessions(self) -> Metric:
         active = GaugeMetricFamily("voice_sessions_active", "Open sessions.",
                                    labels=["transport", "pipeline"])
         counts: dict[tuple[str, str], int] = {}
@@ -117,8 +125,10 @@ class _Gauges(Collector):
             counts[key] = counts.get(key, 0) + 1
         for (transport, pipeline), count in sorted(counts.items()):
             active.add_metric([transport, pipeline], count)
-        yield active
-        load = self._load()
+        return active
+
+    @staticmethod
+    def _worker(load: WorkerLoad) -> Iterator[Metric]:
         yield GaugeMetricFamily("voice_capacity_sessions",
                                 "Sessions this worker accepts (max_sessions).",
                                 value=load.capacity)
@@ -130,6 +140,10 @@ class _Gauges(Collector):
                                 "Room for more sessions: 1 - the busiest local model's "
                                 "projected busy share over shed_busy (0: new sessions "
                                 "are refused).", value=load.headroom)
+
+    @staticmethod
+    def _inference(queues: Iterable[ModelQueue]) -> Iterator[Metric]:
+        """Each local model's inference queue (voice.scheduler)."""
         busy = GaugeMetricFamily("voice_inference_busy_ratio",
                                  "Share of the last 10 s a local model's thread was busy.",
                                  labels=["model"])
@@ -146,13 +160,15 @@ class _Gauges(Collector):
                                       "Inference jobs dropped unrun: their caller stopped "
                                       "waiting (a speculation the caller talked over).",
                                       labels=["model"])
-        for queue in load.queues:
+        for queue in queues:
             busy.add_metric([queue.name], queue.busy)
             waiting.add_metric([queue.name], queue.waiting)
             late.add_metric([queue.name], queue.now_wait_p90_s)
             jobs.add_metric([queue.name], queue.jobs)
             dropped.add_metric([queue.name], queue.dropped)
         yield from (busy, waiting, late, jobs, dropped)
+
+    def _breaker_metrics(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("voice_breaker_state",
                                   "Circuit breaker state per provider (1 for the current one).",
                                   labels=["provider", "state"])
@@ -164,11 +180,12 @@ class _Gauges(Collector):
                 state.add_metric([name, value], int(snapshot["state"] == value))
             fallbacks = snapshot["fallbacks"]
             diverted.add_metric([name], float(fallbacks) if isinstance(fallbacks, int) else 0.0)
-        yield state
-        yield diverted
+        yield from (state, diverted)
+
+    def _audio_frames(self) -> Metric:
         frames = CounterMetricFamily("voice_audio_frames",
                                    "Caller audio frames dropped or concealed since start.",
                                    labels=["kind"])
         for kind, count in sorted(self._frames().items()):
             frames.add_metric([kind], count)
-        yield frames
+        return frames

@@ -248,3 +248,24 @@ def test_readyz_fails_with_the_reason_when_there_is_no_headroom() -> None:
     ready, body = readiness(WorkerLoad(12, 100, False, headroom=0.4), admission, None)
     assert ready and body["reason"] == "" and body["headroom"] == 0.4
 
+
+
+def test_metrics_show_the_headroom_and_each_models_queue() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from voice.metrics import ModelQueue, ServiceMetrics, WorkerLoad
+
+    load = WorkerLoad(7, 100, False, headroom=0.25, queues=(
+        ModelQueue("stt", 0.4, 1, 0.02, jobs=120, dropped=3),
+        ModelQueue("tts", 0.8, 2, 0.15, jobs=240, dropped=0)))
+    metrics = ServiceMetrics(lambda: [], lambda: load, lambda: {}, lambda: {})
+    found = {(sample.name, sample.labels.get("model")): sample.value
+             for family in text_string_to_metric_families(metrics.render().decode())
+             for sample in family.samples}
+    assert found[("voice_headroom_ratio", None)] == 0.25
+    assert found[("voice_inference_busy_ratio", "tts")] == 0.8
+    assert found[("voice_inference_queue_jobs", "tts")] == 2
+    assert found[("voice_inference_wait_p90_seconds", "stt")] == 0.02
+    assert found[("voice_inference_jobs_total", "stt")] == 120
+    assert found[("voice_inference_dropped_total", "stt")] == 3
+    assert found[("voice_load_ratio", None)] == 0.07
