@@ -109,6 +109,9 @@ class AudioApi:
         raw = upload.file.read()
         try:
             info = soundfile.info(io.BytesIO(raw))
+            if info.samplerate <= 0 or info.channels <= 0:
+                return _error(400, "the audio file has no sample rate or no channels",
+                              "invalid_audio")
             if info.channels > MAX_CHANNELS:
                 return _error(400, f"{info.channels} channels; at most {MAX_CHANNELS}",
                               "invalid_audio")

@@ -2,8 +2,9 @@
 and the drain), its providers' circuit breakers, `/healthz` and `/readyz`.
 
 `/readyz` is what a balancer acts on: ready means the models are loaded (always, once
-listening), the worker is not draining, it is below capacity (`voice.admission`) and
-its SIP bridge, if any, works; the body carries the load, so a balancer can prefer
+listening), the worker is not draining, it is below capacity and has headroom for
+another session (`voice.admission`, `voice.scheduler.Headroom`) and its SIP bridge, if
+any, works; the body carries the load, so a balancer can prefer
 the least-loaded worker.
 """
 

@@ -269,3 +269,29 @@ def test_metrics_show_the_headroom_and_each_models_queue() -> None:
     assert found[("voice_inference_jobs_total", "stt")] == 120
     assert found[("voice_inference_dropped_total", "stt")] == 3
     assert found[("voice_load_ratio", None)] == 0.07
+
+
+def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> None:
+    """The service's own wiring: a model whose queue is 95% busy (the real Headroom
+    and Admission read it) refuses /ws, /rtc and /v1/realtime handshakes with 503 and
+    Retry-After, fails /readyz with the reason, and shows 0 headroom in /metrics."""
+    from types import SimpleNamespace
+
+    from pipelines.providers.models import CascadeModels
+    from service.server import Service
+    from voice.settings import Settings
+
+    busy = SimpleNamespace(name="tts", queue=FixedQueue(stats(busy=0.95, sessions=1)))
+    idle = SimpleNamespace(name="stt", queue=FixedQueue(QueueStats("stt", 0, {}, 0, 0, 0, 0)))
+    service = Service(Settings(), CascadeModels(stt=idle, llm=idle, tts=busy))
+    caller = SimpleNamespace(remote_address=("10.0.0.1", 5555))
+    for path in ("/ws", "/rtc", "/v1/realtime"):
+        response = service.process_request(caller, SimpleNamespace(path=path))  # type: ignore[arg-type]
+        assert response is not None and response.status_code == 503, path
+        assert response.headers["Retry-After"] == "5"
+        assert b"no headroom: tts would be 95% busy" in response.body
+    ready = service.process_request(caller, SimpleNamespace(path="/readyz"))  # type: ignore[arg-type]
+    assert ready is not None and ready.status_code == 503 and b"no headroom" in ready.body
+    assert b"voice_headroom_ratio 0.0" in service.metrics.render()
+    busy.queue.figures = stats(busy=0.1, sessions=1)  # the load passed
+    assert service.process_request(caller, SimpleNamespace(path="/ws")) is None  # type: ignore[arg-type]
