@@ -45,6 +45,12 @@ from latency_tests.suite.load import run_level, summarize_level
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "regression"
 TICKS = os.sysconf("SC_CLK_TCK")
+# the replies' second sentence: "two" as a voice assistant's usual short follow-up (a
+# reply of about 4 s in all), "long" a longer one (about 7 s in all)
+SECOND = {"two": " Is there anything else I can do for you?",
+          "long": " I am happy to help you with that, so give me a moment to think about "
+                  "the best answer."}
+UNANSWERED: list[str] = []  # one line per turn without a measured reply
 
 # A sample belongs to the first part whose marker appears in its stack (innermost first).
 PARTS: list[tuple[str, tuple[str, ...]]] = [
@@ -93,7 +99,8 @@ def read_samples(path: Path) -> collections.Counter[str]:
 
 
 METRIC = re.compile(r'^voice_inference_busy_ratio\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
-JOBS = re.compile(r'^voice_inference_(jobs|dropped)_total\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
+JOBS = re.compile(r'^voice_inference_(jobs|dropped|speculative_jobs)_total'
+                  r'\{model="(\w+)"\} ([0-9.eE+-]+)$', re.M)
 GARBAGE: collections.Counter[str] = collections.Counter()  # what --garbage sent
 COUNTS: dict[str, float] = {}  # "stt jobs", "stt dropped", ...: the last scrape's totals
 CYCLES: list[str] = []  # --cycles: the worker after each
@@ -105,6 +112,16 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+LAGS: list[float] = []  # the callers' event loop: how late each 10 ms timer fired
+
+
+async def loop_lag(lags: list[float]) -> None:
+    while True:
+        asked = time.monotonic()
+        await asyncio.sleep(0.01)
+        lags.append(time.monotonic() - asked - 0.01)
 
 
 async def watch_queues(url: str, pid: int, seen: dict[str, list[float]]) -> None:
@@ -172,10 +189,8 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
     talkers = [u for u in select(load_corpus(CORPUS), "ws")
                if u.kind in ("command", "question") and u.snr is None]
     async with LLMServer() as llm:
-        if not args.one_sentence:
-            llm.behaviour.reply = lambda messages: (
-                default_reply(messages) + " I am happy to help you with that, so give me "
-                "a moment to think about the best answer.")
+        if args.reply != "one":
+            llm.behaviour.reply = lambda messages: default_reply(messages) + SECOND[args.reply]
         serve = [f"--max-sessions={args.callers + 5}", *args.serve_arg]
         with spawned_service(llm.base_url, serve) as (url, process):
             before, started = thread_cpu(process.pid), time.monotonic()
@@ -186,7 +201,9 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
             queues["rss"] = [rss_mb(process.pid)]  # before the callers
             watch = asyncio.create_task(watch_queues(url, process.pid, queues))
             garbage = asyncio.create_task(garbage_client(url, GARBAGE)) if args.garbage else None
+            lagger = asyncio.create_task(loop_lag(LAGS))
             results = await run_level(url, "ws", "cascade", talkers, args.callers, args.turns)
+            lagger.cancel()
             for cycle in range(1, args.cycles):
                 CYCLES.append(await settled(url, process.pid, cycle))
                 await run_level(url, "ws", "cascade", talkers, args.callers, 1)
@@ -203,6 +220,12 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
             spy.send_signal(2)  # SIGINT: py-spy writes what it has
             await spy.wait()
     in_python = {int(t["os_thread_id"]) for t in json.loads(out) if t.get("os_thread_id")}
+    for result in results:
+        if result.v2v_ms is None or result.cut_off:
+            UNANSWERED.append(f"unanswered: caller {result.caller} turn {result.repeat} "
+                              f"{result.utterance} heard {result.transcript!r} "
+                              f"v2v {result.v2v_ms} cut off {result.cut_off} "
+                              f"{result.error}".rstrip())
     return before, after, in_python, wall, summarize_level(results, args.callers)
 
 
@@ -215,6 +238,12 @@ def report(args: argparse.Namespace, before: dict[int, float], after: dict[int, 
     native = total - python
     conversation_min = args.callers * wall / 60
     print(f"\n{args.callers} callers, {wall:.0f} s: {level}")
+    lags = sorted(LAGS)
+    if lags:  # the callers' own event loop falling behind would make their audio late
+        print(f"callers' event loop lag: p99 {lags[int(0.99 * (len(lags) - 1))] * 1000:.0f} "
+              f"ms, max {lags[-1] * 1000:.0f} ms")
+    for line in UNANSWERED:
+        print(line)
     print(f"worker CPU {total:.1f} s over {wall:.0f} s ({total / wall:.2f} cores); "
           f"{total / conversation_min:.2f} CPU s per session-minute")
     print(f"Python threads {python:.1f} s ({len(in_python)}), native threads {native:.1f} s "
@@ -237,9 +266,12 @@ def main() -> None:
                         "one turn each and going; the worker's memory and tasks after each")
     parser.add_argument("--garbage", action="store_true",
                         help="a client beside the callers sending garbage all along")
-    parser.add_argument("--one-sentence", action="store_true",
-                        help="replies of one sentence ('You said: ...', as the latency "
-                        "suite's load test), not two (about 7 s of audio)")
+    parser.add_argument("--reply", choices=("one", "two", "long"), default="two",
+                        help="the LLM's replies: one sentence ('You said: ...', as the "
+                        "latency suite's load test, about 2 s of audio), two (about 4 s) "
+                        "or two long ones (about 7 s)")
+    parser.add_argument("--keep-stacks", type=Path, default=None,
+                        help="also write py-spy's raw stacks here (for flame graphs)")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra `voice serve` argument (repeatable)")
     args = parser.parse_args()
@@ -252,6 +284,8 @@ def main() -> None:
         before, after, in_python, wall, level = asyncio.run(
             profile(args, py_spy, samples, queues))
         parts = read_samples(samples) if samples.exists() else collections.Counter()
+        if args.keep_stacks and samples.exists():
+            shutil.copyfile(samples, args.keep_stacks)
     report(args, before, after, in_python, wall, parts, level)
     if GARBAGE:
         print(f"garbage client: {GARBAGE['messages']} messages over "
@@ -266,7 +300,8 @@ def main() -> None:
         ordered = sorted(values)
         print(f"{model} thread busy (last 10 s, each second): median "
               f"{ordered[len(ordered) // 2]:.0%}, max {ordered[-1]:.0%}; jobs run "
-              f"{COUNTS.get(f'{model} jobs', 0):.0f}, dropped unrun "
+              f"{COUNTS.get(f'{model} jobs', 0):.0f} (speculative "
+              f"{COUNTS.get(f'{model} speculative_jobs', 0):.0f}), dropped unrun "
               f"{COUNTS.get(f'{model} dropped', 0):.0f}")
 
 

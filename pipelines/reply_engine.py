@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -94,6 +95,7 @@ class Generation:
     trace: ProviderTrace = field(default_factory=ProviderTrace)  # which LLM endpoint served
     label: str = "reply"  # for the log: "turn 3"
     _first_audio: bool = True
+    _plays_until: float = 0.0  # (time.monotonic) when the audio voiced so far has played
 
     async def run(self) -> None:
         # the inference queues run a reply nobody waits for yet after the work of those
@@ -166,15 +168,19 @@ class Generation:
 
     async def _speak_pieces(self, pieces: asyncio.Queue[str | None]) -> None:
         while (piece := await pieces.get()) is not None:
-            await self._voice(piece)
-            DEMAND.set(current_demand().with_(later=True))
+            seconds = await self._voice(piece)
             if self.hold is not None:
-                await self.hold.wait()
+                await self.hold.wait()  # a speculation's audio plays once it is wanted
+            # the next sentence is needed when this one has played (the caller hears
+            # the audio about as it is voiced: playout keeps only a short lead)
+            self._plays_until = max(self._plays_until, time.monotonic()) + seconds
+            DEMAND.set(current_demand().with_(later=True, due=self._plays_until))
 
-    async def _voice(self, text: str, record: bool = True) -> None:
+    async def _voice(self, text: str, record: bool = True) -> float:
+        """Synthesize `text` into the outbox; the seconds of audio it made."""
         spoken = clean_for_speech(text)
         if not spoken:
-            return
+            return 0.0
         self.stamp("tts_first_text")
         tts = self.models.tts
         samples = await tts.synthesize(spoken)
@@ -184,6 +190,7 @@ class Generation:
         self.stamp("tts_first_audio")
         pcm = array_to_pcm16_bytes(resample(samples, tts.sample_rate, self.output_rate))
         self.outbox.put_nowait(Voiced(pcm, text if record else ""))
+        return len(samples) / tts.sample_rate
 
 
 async def transcribe(models: CascadeModels, audio: Int16Array,

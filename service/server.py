@@ -126,7 +126,8 @@ class Service:
 
     def load(self) -> WorkerLoad:
         queues = tuple(ModelQueue(s.name, s.busy, sum(s.waiting.values()), s.now_wait_p90_s,
-                                  s.jobs, s.dropped) for s in self.headroom.stats())
+                                  s.jobs, s.dropped, s.speculative)
+                       for s in self.headroom.stats())
         return WorkerLoad(len(self.live.live()), self.settings.max_sessions, self.draining,
                           headroom=self.headroom.headroom(), queues=queues)
 

@@ -42,6 +42,7 @@ class ModelQueue:
     now_wait_p90_s: float
     jobs: int = 0
     dropped: int = 0
+    speculative: int = 0  # jobs run for a turn not confirmed yet
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class _Gauges(Collector):
                                  labels=["model"])
         jobs = CounterMetricFamily("voice_inference_jobs", "Inference jobs a local model ran.",
                                    labels=["model"])
+        speculative = CounterMetricFamily(
+            "voice_inference_speculative_jobs", "Inference jobs a local model ran for a turn "
+            "that was not confirmed yet (speculation).", labels=["model"])
         dropped = CounterMetricFamily("voice_inference_dropped",
                                       "Inference jobs dropped unrun: their caller stopped "
                                       "waiting (a speculation the caller talked over).",
@@ -165,8 +169,9 @@ class _Gauges(Collector):
             waiting.add_metric([queue.name], queue.waiting)
             late.add_metric([queue.name], queue.now_wait_p90_s)
             jobs.add_metric([queue.name], queue.jobs)
+            speculative.add_metric([queue.name], queue.speculative)
             dropped.add_metric([queue.name], queue.dropped)
-        yield from (busy, waiting, late, jobs, dropped)
+        yield from (busy, waiting, late, jobs, speculative, dropped)
 
     def _breaker_metrics(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("voice_breaker_state",

@@ -6,7 +6,11 @@ thread pool does the arithmetic). The thread always takes the most urgent job:
 
 - `NOW`: what a caller is waiting for: the transcript that ends a turn, the first
   sentence of a reply, an announcement;
-- `SOON`: a reply's later sentences (needed only once the sentence before has played);
+- `SOON`: a reply's later sentences, needed only once the audio before them has
+  played: each carries the time it is due (`Demand.due`), and once due it counts as
+  `NOW` (its listener hears nothing until it is made, like one waiting for a first
+  sentence), so a long queue of first sentences cannot starve a reply into a long gap
+  mid-reply. Urgent jobs run in the order they were needed;
 - `SPECULATIVE`: work for a turn that is not confirmed yet (a speculative transcript, a
   speculation's first sentence), most of which is thrown away unheard.
 
@@ -69,11 +73,24 @@ class Demand:
     # confirmed). Read from the queue's thread: an Event's flag is a plain attribute.
     wanted: asyncio.Event | None = None
     later: bool = False  # a reply's later sentence: its first one has been made
+    due: float | None = None  # (time.monotonic) when a later sentence's audio is needed
 
-    def urgency(self) -> Urgency:
+    def urgency(self, now: float | None = None) -> Urgency:
+        """How urgent the work is at `now` (a later sentence becomes `NOW` when due)."""
         if self.wanted is not None and not self.wanted.is_set():
             return Urgency.SPECULATIVE
-        return Urgency.SOON if self.later else Urgency.NOW
+        if not self.later:
+            return Urgency.NOW
+        if self.due is not None and now is not None and now >= self.due:
+            return Urgency.NOW
+        return Urgency.SOON
+
+    def needed_at(self, submitted: float) -> float:
+        """When the work is needed: at once (when it was asked for), or for a later
+        sentence when it is due (which may be before it was asked for)."""
+        if self.later and self.due is not None:
+            return self.due
+        return submitted
 
     def with_(self, **changes: Any) -> Demand:
         return replace(self, **changes)
@@ -97,7 +114,13 @@ class _Job:
     future: asyncio.Future[Any]
     submitted: float
     seq: int
-    urgent_at_submit: bool
+
+    def rank(self, now: float) -> tuple[Urgency, float, int]:
+        """Most urgent first; among equals, the earliest needed (then the first come)."""
+        urgency = self.demand.urgency(now)
+        needed = self.submitted if urgency is Urgency.SPECULATIVE else \
+            self.demand.needed_at(self.submitted)
+        return urgency, needed, self.seq
 
 
 @dataclass(frozen=True)
@@ -105,9 +128,11 @@ class QueueStats:
     name: str
     busy: float  # share of the last WINDOW_S the thread spent running jobs
     waiting: dict[str, int]  # jobs waiting, by urgency name
-    now_wait_p90_s: float  # 90th percentile wait of NOW jobs over the window (0: none)
+    now_wait_p90_s: float  # 90th percentile of how long urgent jobs waited once urgent
+    # (a later sentence: from shortly before its due time), over the window (0: none)
     sessions: int  # distinct sessions that asked for work in SESSIONS_WINDOW_S
     jobs: int  # jobs run since the start
+    speculative: int  # of which were run for a turn not confirmed yet
     dropped: int  # jobs whose caller stopped waiting before they ran
 
 
@@ -146,6 +171,7 @@ class InferenceQueue:
         self._window = _Window()
         self._done = 0
         self._dropped = 0
+        self._speculative = 0
         self._first_job: float | None = None  # a fresh queue's window starts here
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -168,8 +194,7 @@ class InferenceQueue:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.name}: the inference queue is closed")
-            job = _Job(fn, args, key, demand, loop, future, self._clock(), next(self._seq),
-                       demand.urgency() is Urgency.NOW)
+            job = _Job(fn, args, key, demand, loop, future, self._clock(), next(self._seq))
             self._jobs.append(job)
             if self._first_job is None:
                 self._first_job = job.submitted
@@ -198,12 +223,13 @@ class InferenceQueue:
             if self._running_since is not None:
                 busy += now - max(self._running_since, start)
             waits = sorted(wait for _, wait in window.waits)
-            waiting = collections.Counter(job.demand.urgency().name for job in self._jobs)
+            waiting = collections.Counter(job.demand.urgency(now).name for job in self._jobs)
             return QueueStats(
                 name=self.name, busy=min(1.0, busy / span),
                 waiting={u.name: waiting.get(u.name, 0) for u in Urgency},
                 now_wait_p90_s=waits[int(0.9 * (len(waits) - 1))] if waits else 0.0,
-                sessions=len(window.owners), jobs=self._done, dropped=self._dropped)
+                sessions=len(window.owners), jobs=self._done,
+                speculative=self._speculative, dropped=self._dropped)
 
     def close(self) -> None:
         """Stop the thread once the jobs already queued have run."""
@@ -225,31 +251,34 @@ class InferenceQueue:
                     self._lock.wait()
                 if not self._jobs:
                     return
-                batch = self._take()
                 started = self._running_since = self._clock()
+                batch = self._take(started)
                 for job in batch:
-                    if job.urgent_at_submit:
-                        self._window.waits.append((started, started - job.submitted))
+                    if job.demand.urgency(started) is Urgency.NOW:  # how late it started
+                        urgent = max(job.submitted, job.demand.needed_at(job.submitted))
+                        self._window.waits.append((started, started - urgent))
             outcomes = _call(batch)
             with self._lock:
                 ended = self._clock()
                 self._window.busy.append((started, ended))
                 self._running_since = None
                 self._done += len(batch)
+                self._speculative += sum(
+                    1 for job in batch if job.demand.urgency(started) is Urgency.SPECULATIVE)
             for job, outcome in zip(batch, outcomes, strict=True):
                 try:
                     job.loop.call_soon_threadsafe(_settle, job.future, outcome)
                 except RuntimeError:  # the event loop is closed: nobody is waiting
                     pass
 
-    def _take(self) -> list[_Job]:
+    def _take(self, now: float) -> list[_Job]:
         """The most urgent job, and the jobs that can run in one batch with it."""
-        first = min(self._jobs, key=lambda j: (j.demand.urgency(), j.seq))
+        first = min(self._jobs, key=lambda j: j.rank(now))
         batch = [first]
         if first.batch_key is not None:
-            urgency = first.demand.urgency()
+            urgency = first.demand.urgency(now)
             batch += [j for j in self._jobs if j is not first and j.batch_key == first.batch_key
-                      and j.demand.urgency() == urgency][: MAX_BATCH - 1]
+                      and j.demand.urgency(now) == urgency][: MAX_BATCH - 1]
         for job in batch:
             self._jobs.remove(job)
         return batch

@@ -42,6 +42,7 @@ class LoadLevel:
     p50_ms: float
     p95_ms: float
     max_ms: float
+    gap_p95_ms: float = float("nan")  # the longest stall inside a reply (p95 of turns)
 
     def within(self, budget_ms: float) -> bool:
         return self.answered == self.turns and self.p95_ms <= budget_ms
@@ -97,8 +98,10 @@ async def run_level(url: str, transport: str, pipeline: str, utterances: Sequenc
 def summarize_level(results: Sequence[TurnResult], concurrency: int) -> LoadLevel:
     turns = [r for r in results if r.concurrency == concurrency]
     values = [r.v2v_ms for r in turns if r.v2v_ms is not None and not r.cut_off]
+    gaps = [r.reply_gap_ms for r in turns if r.reply_gap_ms is not None]
     return LoadLevel(concurrency, len(turns), len(values), percentile(values, 50),
-                     percentile(values, 95), max(values, default=float("nan")))
+                     percentile(values, 95), max(values, default=float("nan")),
+                     percentile(gaps, 95))
 
 
 def capacity(levels: Sequence[LoadLevel], budget_ms: float) -> int:

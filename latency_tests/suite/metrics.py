@@ -44,6 +44,8 @@ class Heard:
 
     arrival_ns: int
     audible_ns: int | None
+    play_ns: int | None = None  # when the listener starts playing it ...
+    end_ns: int | None = None  # ... and when it has played it
 
 
 @dataclass
@@ -63,6 +65,20 @@ def first_heard_ns(trial: Trial, after_ns: int) -> int | None:
     times = [h.audible_ns for h in trial.audio
              if h.audible_ns is not None and h.arrival_ns >= after_ns]
     return min(times, default=None)
+
+
+def reply_gap_ms(trial: Trial) -> float | None:
+    """The longest time the listener's playback ran dry inside the reply, from its
+    first audible audio to its last chunk: the next sentence came late. (Pauses the
+    service voiced are audio, not gaps.) None: no reply was heard."""
+    chunks = [h for h in trial.audio if h.play_ns is not None and h.end_ns is not None]
+    start = next((i for i, h in enumerate(chunks) if h.audible_ns is not None), None)
+    if start is None:
+        return None
+    longest = 0
+    for before, after in zip(chunks[start:], chunks[start + 1:], strict=False):
+        longest = max(longest, after.play_ns - before.end_ns)  # type: ignore[operator]
+    return round(longest / 1e6, 1)
 
 
 def voice_to_voice_ms(trial: Trial) -> float | None:

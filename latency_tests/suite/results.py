@@ -39,6 +39,7 @@ class TurnResult:
     no_reply: bool = False
     missed_barge_in: bool = False
     barge_in_ms: float | None = None
+    reply_gap_ms: float | None = None  # the longest the reply's playback ran dry
     error: str = ""
 
     @property
@@ -69,7 +70,8 @@ class TurnResult:
             wer=metrics.wer(utt.text, transcript) if speaks else None,
             turns=metrics.answered_turns(trial), cut_off=metrics.is_cut_off(trial),
             false_trigger=metrics.is_false_trigger(trial), no_reply=metrics.has_no_reply(trial),
-            missed_barge_in=missed, barge_in_ms=reaction)
+            missed_barge_in=missed, barge_in_ms=reaction,
+            reply_gap_ms=metrics.reply_gap_ms(trial) if speaks else None)
 
     @classmethod
     def failed(cls, utt: Utterance, transport: str, pipeline: str, error: str,

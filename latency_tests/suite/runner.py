@@ -105,7 +105,8 @@ def heard_audio(client: RecordingClient, since_ns: int = 0) -> list[Heard]:
             if part.size and rms_dbfs(part) > AUDIBLE_DBFS:
                 audible = chunk.play_ns + i * 1_000_000_000 // client.sample_rate
                 break
-        heard.append(Heard(chunk.arrival_ns, audible))
+        end = chunk.play_ns + len(chunk.samples) * 1_000_000_000 // client.sample_rate
+        heard.append(Heard(chunk.arrival_ns, audible, chunk.play_ns, end))
     return heard
 
 

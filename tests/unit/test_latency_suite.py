@@ -89,6 +89,19 @@ def test_voice_to_voice_runs_from_the_last_voiced_sample_to_the_first_audible_sa
     assert metrics.has_no_reply(trial)
 
 
+def test_a_reply_gap_is_the_longest_the_playback_ran_dry_after_the_reply_began() -> None:
+    def chunk(play_ms: float, audible: bool = True) -> Heard:
+        play = int(play_ms * MS)  # each chunk is 100 ms of audio, played on arrival
+        return Heard(play, play if audible else None, play, play + 100 * MS)
+
+    # silence before the reply is not a gap; 100 ms back to back is none; a sentence
+    # that came 640 ms after the one before had played is one
+    trial = Trial("command", audio=[chunk(0, False), chunk(500), chunk(600), chunk(700),
+                                    chunk(1440), chunk(1540, False)])
+    assert metrics.reply_gap_ms(trial) == 640.0
+    assert metrics.reply_gap_ms(Trial("command", audio=[chunk(0, False)])) is None
+
+
 def test_a_turn_ended_before_the_speech_was_all_sent_is_a_cut_off() -> None:
     trial = answered(end_ms=3000, reply_ms=3250)
     assert not metrics.is_cut_off(trial)

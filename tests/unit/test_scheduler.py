@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,28 @@ async def test_urgent_work_runs_first_and_equal_urgency_in_order() -> None:
     queue.close()
 
 
+async def test_a_later_sentence_due_goes_before_first_sentences() -> None:
+    """A reply whose audio has run out is not starved by other sessions' first
+    sentences: once due, its next sentence is urgent, and urgent work runs in the
+    order it was needed."""
+    queue, gate, first = await blocked_queue()
+    order: list[str] = []
+    now = time.monotonic()
+    jobs = [asyncio.create_task(submit(queue, order, label, demand)) for label, demand in [
+        ("due in a minute", Demand("a", later=True, due=now + 60)),
+        ("first sentence", Demand("b")),
+        ("due now", Demand("c", later=True, due=now - 0.1)),
+        ("another first sentence", Demand("d")),
+    ]]
+    await asyncio.sleep(0.05)
+    assert queue.stats().waiting == {"NOW": 3, "SOON": 1, "SPECULATIVE": 0}
+    gate.opened.set()
+    await asyncio.gather(first, *jobs)
+    assert order == ["due now", "first sentence", "another first sentence",
+                     "due in a minute"]
+    queue.close()
+
+
 async def test_a_speculation_confirmed_while_it_waits_moves_up() -> None:
     queue, gate, first = await blocked_queue()
     order: list[str] = []
@@ -120,6 +143,8 @@ def test_demand_urgency() -> None:
     assert Demand(wanted=waiting, later=True).urgency() is Urgency.SPECULATIVE
     waiting.set()
     assert Demand(wanted=waiting).urgency() is Urgency.NOW
+    assert Demand(later=True, due=100.0).urgency(now=90.0) is Urgency.SOON
+    assert Demand(later=True, due=100.0).urgency(now=100.0) is Urgency.NOW
 
 
 class FakeTime:
@@ -150,7 +175,7 @@ async def test_busy_share_and_waits_are_measured_over_the_window() -> None:
 
 
 def stats(busy: float, sessions: int, wait_s: float = 0.0) -> QueueStats:
-    return QueueStats("tts", busy, {}, wait_s, sessions, 0, 0)
+    return QueueStats("tts", busy, {}, wait_s, sessions, 0, 0, 0)
 
 
 class FixedQueue(InferenceQueue):
@@ -282,7 +307,7 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
     from voice.settings import Settings
 
     busy = SimpleNamespace(name="tts", queue=FixedQueue(stats(busy=0.95, sessions=1)))
-    idle = SimpleNamespace(name="stt", queue=FixedQueue(QueueStats("stt", 0, {}, 0, 0, 0, 0)))
+    idle = SimpleNamespace(name="stt", queue=FixedQueue(QueueStats("stt", 0, {}, 0, 0, 0, 0, 0)))
     service = Service(Settings(), CascadeModels(stt=idle, llm=idle, tts=busy))
     caller = SimpleNamespace(remote_address=("10.0.0.1", 5555))
     for path in ("/ws", "/rtc", "/v1/realtime"):
