@@ -55,5 +55,7 @@ EXPOSE 8000/tcp 5060/udp 10000-10099/udp
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VOICE_PORT', '8000'), timeout=4)"
 # The host comes from VOICE_HOST (0.0.0.0 above), not a --host flag, so that it can
-# be overridden from the environment like every other setting.
+# be overridden from the environment like every other setting. Listening beyond
+# loopback needs API keys: run with -e VOICE_API_KEYS=KEY1,KEY2 (callers send one), or
+# -e VOICE_INSECURE_NO_AUTH=true behind a gateway that authenticates (docs/security.md).
 CMD ["voice", "serve"]

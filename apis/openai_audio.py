@@ -11,16 +11,18 @@ other workers can share them (`--stt-url`, `--tts-url`; pipelines/providers/remo
   streamed as it is made (24 kHz 16-bit mono, as the API defines it); `wav` comes
   whole.
 - `GET /v1/models`: the two models, so that clients can check the server.
+- `POST /v1/realtime/client_secrets`: a client secret for a browser
+  (apis/openai_realtime/client_secrets.py).
 
 aiohttp serves it (HTTP/1.1 keep-alive, multipart parsing, chunked streaming): the
 main port is a WebSocket server, which takes no POST requests. Limits: 25 MB of audio
 (the OpenAI API's own limit; more is refused with 413), `MAX_AUDIO_SECONDS` of it and
 `MAX_CHANNELS` (read from the file's header before it is decoded: 25 MB of compressed
 audio can hold hours, which would hold the shared model for minutes), 4096 characters
-of input; an optional bearer key
-(`--audio-api-key`). Errors are OpenAI-shaped JSON (`{"error": {"message", "type",
-"code"}}`) with the matching status, so the `openai` client raises the usual
-exceptions.
+of input. A bearer key is needed when API keys are configured (`--api-keys`, scope
+`audio`; minting: `secrets`) or `--audio-api-key` is set. Errors are OpenAI-shaped
+JSON (`{"error": {"message", "type", "code"}}`) with the matching status, so the
+`openai` client raises the usual exceptions.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ import numpy as np
 import soundfile
 from aiohttp import web
 
+from apis.openai_realtime import client_secrets
 from pipelines.providers.remote import wav_bytes
 from pipelines.providers.stt import SpeechToText
 from pipelines.providers.tts import TextToSpeech
 from pipelines.sentences import SentenceSplitter, clean_for_speech
 from voice.audio import OPENAI_PCM_RATE, PIPELINE_RATE, array_to_pcm16_bytes, resample
+from voice.auth import SCOPES, SECRET_PREFIX, Credentials, Denied, Grant
 from voice.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -57,15 +61,20 @@ def _error(status: int, message: str, code: str) -> web.Response:
 
 
 class AudioApi:
-    def __init__(self, stt: SpeechToText, tts: TextToSpeech, api_key: str = "") -> None:
+    def __init__(self, stt: SpeechToText, tts: TextToSpeech, api_key: str = "",
+                 credentials: Credentials | None = None,
+                 secret_ttl_s: float = 600.0) -> None:
         self._stt = stt
         self._tts = tts
         self._api_key = api_key
+        self._credentials = credentials or Credentials()
+        self._secret_ttl_s = secret_ttl_s
         self.app = web.Application(client_max_size=MAX_AUDIO_BYTES + 64 * 1024,
                                    middlewares=[self._auth])
         self.app.add_routes([web.post("/v1/audio/transcriptions", self.transcriptions),
                              web.post("/v1/audio/speech", self.speech),
-                             web.get("/v1/models", self.models)])
+                             web.get("/v1/models", self.models),
+                             web.post(client_secrets.PATH, self.client_secrets)])
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -83,12 +92,28 @@ class AudioApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self._api_key:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not secrets.compare_digest(given.encode(), self._api_key.encode()):
+        """`--audio-api-key`, or an API key with the route's scope (minting: `secrets`,
+        the rest: `audio`); nothing when neither is configured. Client secrets open
+        sessions only: they are refused here, not used up."""
+        scope = "secrets" if request.path == client_secrets.PATH else "audio"
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        legacy = bool(self._api_key) and scope == "audio" and \
+            secrets.compare_digest(given.encode(), self._api_key.encode())
+        if not legacy and (self._api_key or self._credentials.required):
+            if given.startswith(SECRET_PREFIX) or not self._credentials.required:
                 return _error(401, "invalid API key", "invalid_api_key")
+            grant = self._credentials.check(given, scope)
+            if isinstance(grant, Denied):
+                code = "invalid_api_key" if grant.status == 401 else "forbidden"
+                return _error(grant.status, grant.message, code)
+            request["grant"] = grant
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def client_secrets(self, request: web.Request) -> web.Response:
+        grant = request.get("grant") or Grant("no keys configured", SCOPES)
+        return await client_secrets.mint(request, self._credentials, grant,
+                                         self._secret_ttl_s)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [

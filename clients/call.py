@@ -14,6 +14,7 @@ from typing import Any
 
 from clients.audiofile import load_audio, save_wav
 from clients.base import CallClient, make_client
+from clients.recording import RecordingClient
 
 SETTLE_S = 2.0  # a call ends this long after the last activity once the file is sent
 
@@ -51,9 +52,11 @@ def _busy(client: CallClient) -> bool:
 
 async def call(url: str, path: Path, out: Path | None, sample_rate: int = 16000,
                pipeline: str | None = None, max_wait_s: float = 60.0,
-               transport: str = "ws") -> CallResult:
+               transport: str = "ws", token: str | None = None) -> CallResult:
     audio = load_audio(path, sample_rate)
     client = make_client(transport, url, sample_rate, pipeline)
+    if isinstance(client, RecordingClient):
+        client.token = token
     await client.connect()
     try:
         printed = 0

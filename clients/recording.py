@@ -45,6 +45,10 @@ class RecordingClient:
         self._changed = asyncio.Event()
         self._play_end_ns = 0
         self._closed = False
+        self.token: str | None = None  # an API key or client secret, sent as a bearer
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     # -- recording (for the subclasses; the *_now forms for synchronous callbacks) -----
     def _notify_now(self) -> None:

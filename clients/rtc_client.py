@@ -132,7 +132,8 @@ class RtcClient(RecordingClient):
     async def connect(self, timeout: float = 10.0) -> None:
         if self._loopback:
             allow_loopback()
-        self._ws = await websockets.connect(self.url, open_timeout=timeout, compression=None)
+        self._ws = await websockets.connect(self.url, open_timeout=timeout, compression=None,
+                                            additional_headers=self.auth_headers())
         try:
             async with asyncio.timeout(timeout):
                 await self._negotiate()

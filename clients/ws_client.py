@@ -53,7 +53,8 @@ class VoiceClient(RecordingClient):
 
     async def connect(self, timeout: float = 10.0) -> None:
         self._ws = await websockets.connect(self.url, max_size=None, compression=None,
-                                            open_timeout=timeout)
+                                            open_timeout=timeout,
+                                            additional_headers=self.auth_headers())
         self._receiver = asyncio.create_task(self._receive(), name="voice-client-receiver")
         self.session = await self.wait_for("session.created", timeout=timeout)
 

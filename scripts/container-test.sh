@@ -223,7 +223,9 @@ say "starting $name on port $port"
 run_started=$(now)
 # With no systemd here, podman cannot time the image's HEALTHCHECK (it says so on
 # stderr, kept out of sight); the loop below runs it instead, with `podman healthcheck run`.
-pm run -d --name "$name" --network host -e VOICE_PORT="$port" "$image" \
+# the image binds 0.0.0.0, which needs API keys (docs/security.md): one made up here
+key="container-test-$(date +%s)-$RANDOM"
+pm run -d --name "$name" --network host -e VOICE_PORT="$port" -e VOICE_API_KEYS="$key" "$image" \
   >/dev/null 2>"$work/run.err" || { cat "$work/run.err" >&2; exit 1; }
 healthy=0
 for _ in $(seq 1 240); do
@@ -240,7 +242,7 @@ healthy_s=$(elapsed "$run_started" "$(now)")
 say "healthy after $healthy_s s (HEALTHCHECK: python urllib against /healthz)"
 
 .venv/bin/voice call --url "http://127.0.0.1:$port" tests/data/weather.wav \
-  --out "$work/reply.wav" | tee "$work/call.txt"
+  --token "$key" --out "$work/reply.wav" | tee "$work/call.txt"
 heard=$(grep '^you:' "$work/call.txt" | tr 'A-Z' 'a-z' || true)
 case "$heard" in
   *weather*paris*) ;;

@@ -31,15 +31,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
+    from websockets.exceptions import InvalidStatus
+
     from clients.call import call
 
     _configure_logging("WARNING")
     try:
         result = asyncio.run(call(args.url, Path(args.file), Path(args.out) if args.out else None,
                                   sample_rate=args.sample_rate, pipeline=args.pipeline,
-                                  transport=args.transport))
+                                  transport=args.transport,
+                                  token=args.token or os.environ.get("VOICE_TOKEN")))
     except ValueError as exc:  # an unknown transport
         raise ConfigError(str(exc)) from exc
+    except InvalidStatus as exc:  # refused at the handshake: say why, not a traceback
+        response = exc.response
+        reason = response.body.decode(errors="replace").strip() if response.body else ""
+        hint = " (pass --token or set VOICE_TOKEN)" if response.status_code == 401 else ""
+        raise VoiceError(f"the service refused the call: HTTP {response.status_code} "
+                         f"{reason}{hint}") from exc
     return 0 if result.transcripts and not result.errors else 1
 
 
@@ -85,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--sample-rate", type=int, default=16000, help="session sample rate")
     call.add_argument("--pipeline", default=None, help="cascade (default) or another pipeline")
     call.add_argument("--out", default="reply.wav", help="where to save the reply audio")
+    call.add_argument("--token", default=None,
+                      help="API key or client secret, if the service needs one [env VOICE_TOKEN]")
     call.set_defaults(run=_cmd_call)
 
     bench = sub.add_parser("bench", help="measure voice-to-voice latency against a service")

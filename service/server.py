@@ -33,12 +33,14 @@ from pipelines.providers.registry import breaker_for, load_models
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
+from service.access import SESSION_PATHS, Door, select_subprotocol
 from service.health import LiveSessions, breakers, readiness, replies_running
 from service.static import StaticFiles
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
 from transports.websocket.server import WebSocketTransport
 from voice.admission import Admission, Refused
+from voice.auth import Credentials
 from voice.clock import MONOTONIC, Clock
 from voice.errors import ProtocolError
 from voice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -92,7 +94,11 @@ class Service:
         self.sip = (SipBridge(settings, self._factory_for("sip"), clock, self.admission)
                     if settings.sip_port else None)
         self._server: Server | None = None
-        self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key)
+        credentials = Credentials.load(settings.api_keys, settings.api_keys_file)
+        self.door = Door(credentials, settings.allowed_origins, settings.pipeline,
+                         http_response)
+        self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key,
+                                   credentials, settings.client_secret_ttl_s)
                           if settings.audio_api_port else None)
 
     def pipeline_factory(self, name: str | None) -> tuple[str, PipelineFactory]:
@@ -155,7 +161,8 @@ class Service:
     async def route(self, connection: ServerConnection) -> None:
         path = connection.request.path.partition("?")[0] if connection.request else ""
         if path == REALTIME_API_PATH:
-            await self.realtime_api.handle(connection)
+            grant = self.door.grant_of(connection)
+            await self.realtime_api.handle(connection, grant.session if grant else {})
             return
         ticket = self.admission.take(str(connection.remote_address[0]))
         if isinstance(ticket, Refused):  # raced past the HTTP check with others: too late
@@ -196,7 +203,9 @@ class Service:
             return json_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/metrics":
             return http_response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
-        if self.draining and path in ("/ws", "/rtc", REALTIME_API_PATH):
+        if path in SESSION_PATHS and (denied := self.door.check(connection, request)):
+            return denied
+        if self.draining and path in SESSION_PATHS:
             log.info("refused a session on %s: draining", path)
             return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                  b"draining: this worker is shutting down; connect to "
@@ -233,6 +242,7 @@ class Service:
         self._server = await serve(
             self.route, self.settings.host, self.settings.port,
             process_request=self.process_request, compression=None,
+            select_subprotocol=select_subprotocol,
             max_size=self.settings.max_message_bytes * 4, ping_interval=20, ping_timeout=20,
             server_header="voice-assistant-service")
         log.info("listening on http://%s:%d (WebSocket at ws://%s:%d/ws, health at /healthz)",

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WINDOW_S = 10.0  # the queue's statistics cover this much recent time
+RECENT_S = 3.0  # ... and its busy share this much too: load that rises fast (callers
+# arriving together) shows here seconds before it moves the 10 s figure
 MAX_BATCH = 4  # jobs run together in one batched call at most
 SESSIONS_WINDOW_S = 30.0  # a session that asked for work this recently is a talking one
 
@@ -134,6 +136,7 @@ class QueueStats:
     jobs: int  # jobs run since the start
     speculative: int  # of which were run for a turn not confirmed yet
     dropped: int  # jobs whose caller stopped waiting before they ran
+    busy_recent: float | None = None  # the busy share over the last RECENT_S only
 
 
 @dataclass
@@ -216,20 +219,27 @@ class InferenceQueue:
             now = self._clock()
             window = self._window
             window.prune(now)
-            span = min(WINDOW_S, max(1.0, now - (self._first_job or now)))
-            start = now - span
-            busy = sum(min(end, now) - max(begin, start) for begin, end in window.busy
-                       if end > start)
-            if self._running_since is not None:
-                busy += now - max(self._running_since, start)
+            busy = self._busy_share(WINDOW_S, now)
             waits = sorted(wait for _, wait in window.waits)
             waiting = collections.Counter(job.demand.urgency(now).name for job in self._jobs)
             return QueueStats(
-                name=self.name, busy=min(1.0, busy / span),
+                name=self.name, busy=busy,
                 waiting={u.name: waiting.get(u.name, 0) for u in Urgency},
                 now_wait_p90_s=waits[int(0.9 * (len(waits) - 1))] if waits else 0.0,
                 sessions=len(window.owners), jobs=self._done,
-                speculative=self._speculative, dropped=self._dropped)
+                speculative=self._speculative, dropped=self._dropped,
+                busy_recent=self._busy_share(RECENT_S, now))
+
+    def _busy_share(self, longest: float, now: float) -> float:
+        """The share of the last `longest` seconds (less for a young queue) the thread
+        spent running jobs. (Called under the lock.)"""
+        span = min(longest, max(1.0, now - (self._first_job or now)))
+        start = now - span
+        busy = sum(min(end, now) - max(begin, start) for begin, end in self._window.busy
+                   if end > start)
+        if self._running_since is not None:
+            busy += now - max(self._running_since, start)
+        return min(1.0, busy / span)
 
     def close(self) -> None:
         """Stop the thread once the jobs already queued have run."""
@@ -312,10 +322,12 @@ class Headroom:
     """Whether the worker can take one more session and still answer its sessions in
     time. It says no (with the reason) when:
 
-    - a model's `NOW` jobs waited more than `max_wait_s` (90th percentile over the last
-      `WINDOW_S`): the worker is already late; or
+    - a model's urgent jobs waited more than `max_wait_s` (90th percentile over the
+      last `WINDOW_S`): the worker is already late; or
     - a model's thread is busier than `max_busy`, or would be with one more session:
-      its busy share divided among the sessions that asked for work lately, times the
+      its busy share (over `WINDOW_S`, or over the last `RECENT_S` if that is higher:
+      callers arriving together load it faster than a 10 s average shows) divided
+      among the sessions that asked for work lately, times the
       sessions open plus one (a session that is quiet now is counted as one that will
       talk). The projection starts once a thread is at least `PROJECT_FROM` busy, so a
       few quiet sessions never keep others out.
@@ -351,9 +363,10 @@ class Headroom:
         return None
 
     def projected_busy(self, s: QueueStats, open_sessions: int) -> float:
-        if s.busy < self.PROJECT_FROM or not s.sessions:
-            return s.busy
-        return s.busy * max(1.0, (open_sessions + 1) / s.sessions)
+        busy = max(s.busy, s.busy_recent or 0.0)
+        if busy < self.PROJECT_FROM or not s.sessions:
+            return busy
+        return busy * max(1.0, (open_sessions + 1) / s.sessions)
 
     def headroom(self) -> float:
         """1 - the highest projected busy share over `max_busy` (0: no room left)."""

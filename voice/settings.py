@@ -120,8 +120,26 @@ class Settings:
     audio_api_port: int = _opt(0, "Serve the OpenAI audio API (/v1/audio/transcriptions and "
                                "/v1/audio/speech) from the local models on this TCP port, on "
                                "--host, for other workers; 0: off.", shown="0 (off)")
-    audio_api_key: str = _opt("", "If set, --audio-api-port requires this bearer key.",
-                              secret=True)
+    audio_api_key: str = _opt("", "If set, --audio-api-port also takes this bearer key "
+                              "(beside --api-keys with the audio scope).", secret=True)
+    # Access (voice/auth.py, docs/security.md)
+    api_keys: str = _opt("", "API keys that open sessions (Authorization: Bearer KEY, "
+                         "?token=KEY or the WebSocket subprotocol "
+                         "openai-insecure-api-key.KEY), comma-separated, every scope; "
+                         "empty with no --api-keys-file: no key needed (loopback only).",
+                         secret=True, shown="(none)")
+    api_keys_file: str = _opt("", "File of API keys, one per line: KEY [SCOPE,SCOPE...] with "
+                              "scopes cascade, realtime, audio, secrets (none listed: all); "
+                              "# starts a comment.", shown="(none)")
+    allowed_origins: str = _opt("", "Browser page origins allowed to connect "
+                                "(https://app.example.com, comma-separated, * for any); "
+                                "empty: the page's own host and loopback pages only.",
+                                shown="(same host)")
+    insecure_no_auth: bool = _opt(False, "Allow --host other than loopback with no API keys "
+                                  "(only behind a gateway that authenticates callers).")
+    client_secret_ttl_s: float = _opt(600.0, "Lifetime of a client secret minted at "
+                                      "/v1/realtime/client_secrets unless asked otherwise "
+                                      "(10-7200 s).")
     debug_stage_delay: str = _opt(
         "", "Testing only: add delay to cascade stages, STAGE=MS[,STAGE=MS] with stages stt, "
         "llm, tts (e.g. stt=150), to check that the latency suite catches a slower stage.",
@@ -286,6 +304,21 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._validate_access()
+
+    def _validate_access(self) -> None:
+        if not 10 <= self.client_secret_ttl_s <= 7200:
+            raise ConfigError("client_secret_ttl_s must be 10-7200")
+        open_to_others = self.host not in ("localhost", "::1") and \
+            not self.host.startswith("127.")
+        if open_to_others and not (self.api_keys or self.api_keys_file) and \
+                not self.insecure_no_auth:
+            raise ConfigError(
+                f"refusing to serve {self.host} with no API keys: anyone who reaches it "
+                "could open sessions and spend your models. Set keys with --api-keys "
+                "KEY1,KEY2 (or VOICE_API_KEYS, or --api-keys-file FILE), bind 127.0.0.1, "
+                "or pass --insecure-no-auth if a gateway in front authenticates callers "
+                "(docs/security.md)")
 
     def redacted(self) -> dict[str, Any]:
         """Settings for logs: secrets replaced by a marker."""

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -68,7 +68,7 @@ MIN_COMMIT_MS = 100
 
 class RealtimeApiConnection:
     def __init__(self, ws: ServerConnection, models: CascadeModels, settings: Settings,
-                 model: str) -> None:
+                 model: str, locked: Mapping[str, Any] | None = None) -> None:
         self._ws = ws
         self._models = models
         self._settings = settings
@@ -76,6 +76,11 @@ class RealtimeApiConnection:
             session_id="sess_" + secrets.token_hex(8), model=model,
             instructions=settings.system_prompt,
             turn_detection=TurnDetection("server_vad", settings.silence_ms))
+        # a client secret's session settings: applied now, and fixed for the session
+        locked = {k: v for k, v in (locked or {}).items() if k != "pipeline"}  # /ws's
+        self._locked = [key for key in locked if key != "type"]
+        if locked:
+            self.config = apply_update(self.config, locked)
         self._conversation = Conversation()
         self._conversation_id = "conv_" + secrets.token_hex(8)
         self._input = InputAudio(settings)
@@ -170,7 +175,14 @@ class RealtimeApiConnection:
 
     # -- session and conversation -------------------------------------------------------
     def _on_session_update(self, session: dict[str, Any]) -> None:
-        self.config = apply_update(self.config, session)
+        updated = apply_update(self.config, session)
+        before, after = self.config.to_wire(), updated.to_wire()
+        for key in self._locked:
+            if before.get(key) != after.get(key):
+                raise RealtimeApiError(
+                    f"'session.{key}' was set by this session's client secret and cannot "
+                    "be changed.", code="session_locked", param=f"session.{key}")
+        self.config = updated
         self._input.configure(self.config.turn_detection)
         self._send(event("session.updated", session=self.config.to_wire()))
 

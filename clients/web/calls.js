@@ -7,7 +7,9 @@
 //   call.close()
 //
 // options: { server, mic (MediaStream), context (AudioContext), replyMeter (AnalyserNode),
-//            onEvent(event), onClosed(code, reason), timeoutMs }
+//            onEvent(event), onClosed(code, reason), timeoutMs, token }
+// token: an API key or a client secret (ek_...), sent as the WebSocket subprotocol
+// "openai-insecure-api-key.<token>" (a browser cannot set headers on a WebSocket).
 // Both reject `open()` with a CallError whose `kind` tells the widget what to say.
 
 export class CallError extends Error {
@@ -33,9 +35,9 @@ function withTimeout(promise, ms, what) {
 }
 
 // Resolves with the socket once open; rejects if it closes first.
-function openSocket(url) {
+function openSocket(url, token) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
+    const ws = token ? new WebSocket(url, ["voice", `openai-insecure-api-key.${token}`]) : new WebSocket(url);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => resolve(ws);
     ws.onclose = (event) =>
@@ -89,9 +91,10 @@ export class RtcCall {
     return call;
   }
 
-  constructor({ server, mic, context, replyMeter, onEvent, onClosed }) {
+  constructor({ server, mic, context, replyMeter, onEvent, onClosed, token }) {
     this.kind = "webrtc";
     this.server = server;
+    this.token = token;
     this.mic = mic;
     this.context = context;
     this.replyMeter = replyMeter;
@@ -103,7 +106,7 @@ export class RtcCall {
   }
 
   async negotiate() {
-    this.ws = await openSocket(socketUrl(this.server, "/rtc"));
+    this.ws = await openSocket(socketUrl(this.server, "/rtc"), this.token);
     const config = await nextMessage(this.ws);
     this.pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
     for (const track of this.mic.getAudioTracks()) this.pc.addTrack(track, this.mic);
@@ -181,9 +184,10 @@ export class WsCall {
     return call;
   }
 
-  constructor({ server, mic, context, replyMeter, onEvent, onClosed }) {
+  constructor({ server, mic, context, replyMeter, onEvent, onClosed, token }) {
     this.kind = "websocket";
     this.server = server;
+    this.token = token;
     this.mic = mic;
     this.context = context;
     this.replyMeter = replyMeter;
@@ -197,7 +201,7 @@ export class WsCall {
     const rates = [8000, 16000, 24000, 48000];
     const rate = rates.includes(this.context.sampleRate) ? this.context.sampleRate : 16000;
     await loadWorklets(this.context);
-    this.ws = await openSocket(socketUrl(this.server, "/ws", { sample_rate: rate }));
+    this.ws = await openSocket(socketUrl(this.server, "/ws", { sample_rate: rate }), this.token);
     const created = await nextMessage(this.ws);
     this.onEvent(created);
     this.playback = new AudioWorkletNode(this.context, "voice-playback", {

@@ -4,7 +4,11 @@
 //   <voice-widget></voice-widget>
 //
 // Attributes: server (default: where this script came from), transport ("auto": WebRTC,
-// falling back to the WebSocket; or "webrtc", "websocket"). It shows the connection state,
+// falling back to the WebSocket; or "webrtc", "websocket"), token (an API key or client
+// secret, when the service needs one) or token-url (a URL of the page's own server that
+// answers a POST with a fresh client secret, {"value": "ek_..."}, as the service's
+// /v1/realtime/client_secrets does: fetched before every connection attempt, since a
+// secret opens one session). It shows the connection state,
 // a live level meter of both voices, the transcript of both sides as it happens and each
 // turn's latency by stage, and errors a person can act on. Plain JavaScript, no build step.
 
@@ -117,6 +121,17 @@ class VoiceWidget extends HTMLElement {
     return this.getAttribute("server") || DEFAULT_SERVER;
   }
 
+  // The token for the next connection attempt: a fresh client secret from token-url,
+  // else the token attribute, else none.
+  async credential() {
+    const from = this.getAttribute("token-url");
+    if (!from) return this.getAttribute("token") || undefined;
+    const response = await fetch(from, { method: "POST", credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) throw new CallError("refused", `token-url answered ${response.status}`);
+    const secret = await response.json();
+    return secret.value || (secret.client_secret && secret.client_secret.value);
+  }
+
   get transportOrder() {
     const wanted = this.getAttribute("transport") || "auto";
     const rtc = typeof RTCPeerConnection === "function";
@@ -160,6 +175,7 @@ class VoiceWidget extends HTMLElement {
         const Call = kind === "webrtc" ? RtcCall : WsCall;
         const call = await Call.open({
           server: this.server, mic: this.mic, context: this.context, replyMeter: this.replyMeter,
+          token: await this.credential(),
           timeoutMs: CONNECT_TIMEOUT_MS,
           onEvent: (event) => this.onEvent(event),
           onClosed: (code, reason) => this.onClosed(code, reason),

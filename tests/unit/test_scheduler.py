@@ -302,6 +302,8 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
     Retry-After, fails /readyz with the reason, and shows 0 headroom in /metrics."""
     from types import SimpleNamespace
 
+    from websockets.datastructures import Headers
+
     from pipelines.providers.models import CascadeModels
     from service.server import Service
     from voice.settings import Settings
@@ -309,9 +311,13 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
     busy = SimpleNamespace(name="tts", queue=FixedQueue(stats(busy=0.95, sessions=1)))
     idle = SimpleNamespace(name="stt", queue=FixedQueue(QueueStats("stt", 0, {}, 0, 0, 0, 0, 0)))
     service = Service(Settings(), CascadeModels(stt=idle, llm=idle, tts=busy))
-    caller = SimpleNamespace(remote_address=("10.0.0.1", 5555))
+    class Caller:  # a connection as the handshake sees it
+        remote_address = ("10.0.0.1", 5555)
+
+    caller = Caller()
     for path in ("/ws", "/rtc", "/v1/realtime"):
-        response = service.process_request(caller, SimpleNamespace(path=path))  # type: ignore[arg-type]
+        request = SimpleNamespace(path=path, headers=Headers())
+        response = service.process_request(caller, request)  # type: ignore[arg-type]
         assert response is not None and response.status_code == 503, path
         assert response.headers["Retry-After"] == "5"
         assert b"no headroom: tts would be 95% busy" in response.body
@@ -319,4 +325,5 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
     assert ready is not None and ready.status_code == 503 and b"no headroom" in ready.body
     assert b"voice_headroom_ratio 0.0" in service.metrics.render()
     busy.queue.figures = stats(busy=0.1, sessions=1)  # the load passed
-    assert service.process_request(caller, SimpleNamespace(path="/ws")) is None  # type: ignore[arg-type]
+    request = SimpleNamespace(path="/ws", headers=Headers())
+    assert service.process_request(caller, request) is None  # type: ignore[arg-type]
