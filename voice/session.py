@@ -20,6 +20,7 @@ from voice.events import DtmfReceived, ErrorOccurred, Event, Pong
 from voice.logs import SESSION_ID
 from voice.playout import Playout
 from voice.scheduler import DEMAND, Demand
+from voice.tasks import EVENT_QUEUE_ITEMS, CappedQueue
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class Session:
                                lead_ms=playout_lead_ms)
         self._send_event = send_event
         self._hangup = hangup
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: CappedQueue[Event] = CappedQueue(
+            EVENT_QUEUE_ITEMS, f"session {self.id}: events the client has not read")
         self.pipeline: Pipeline | None = None
         self.observers: list[Callable[[Event], None]] = []  # see every event (metrics)
         self.ended = asyncio.Event()  # set when run() returns, however it ends
@@ -120,8 +122,10 @@ class Session:
         self._warned_fast_ns: int | None = None
 
     def emit(self, event: Event) -> None:
-        """Queue an event for the client; never blocks the caller."""
-        self._events.put_nowait(event)
+        """Queue an event for the client; never blocks the caller. (A client that
+        reads nothing loses events beyond EVENT_QUEUE_ITEMS, and the WebSocket
+        keepalive closes it.)"""
+        self._events.offer(event)
         for observer in self.observers:
             observer(event)
 

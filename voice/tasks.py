@@ -1,5 +1,7 @@
 """Cancelling the service's own tasks (a reply, a speculation, a provider response),
-and the bounded queue between a session's audio and its pipeline."""
+and the bounded queues between a session's parts: caller audio for its pipeline
+(`LatestQueue`: the newest wins) and events, messages and keypad digits
+(`CappedQueue`: what is queued keeps its order, the excess is dropped)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUDIO_QUEUE_ITEMS = 500  # a pipeline's unread caller audio: 10 s of 20 ms frames
+EVENT_QUEUE_ITEMS = 1000  # events a client has not read yet (WebSocket, WebRTC)
+REALTIME_EVENT_QUEUE_ITEMS = 4000  # /v1/realtime: its reply audio travels as events too
+MESSAGE_QUEUE_ITEMS = 256  # client messages (WebRTC data channel) not handled yet
+DIGIT_QUEUE_ITEMS = 64  # keypad digits not handled yet
 
 
 class LatestQueue(asyncio.Queue[T]):
@@ -37,6 +43,33 @@ class LatestQueue(asyncio.Queue[T]):
         elif self.qsize() < self.maxsize // 2:
             self._overflowing = False
         self.put_nowait(item)
+
+
+class CappedQueue(asyncio.Queue[T]):
+    """A queue of at most `maxsize` items that never blocks its producer: `offer`
+    drops an item that does not fit (the consumer is not keeping up: a client that
+    reads nothing, a flood of messages). `dropped` counts them; the first drop of each
+    overflow is logged."""
+
+    def __init__(self, maxsize: int, what: str) -> None:
+        super().__init__(maxsize)
+        self.what = what
+        self.dropped = 0
+        self._overflowing = False
+
+    def offer(self, item: T) -> bool:
+        """Queue `item` if there is room; False if it was dropped."""
+        if self.full():
+            self.dropped += 1
+            if not self._overflowing:
+                log.warning("%s: %d items waiting; dropping new ones", self.what,
+                            self.maxsize)
+            self._overflowing = True
+            return False
+        if self.qsize() < self.maxsize // 2:
+            self._overflowing = False
+        self.put_nowait(item)
+        return True
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:

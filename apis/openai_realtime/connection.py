@@ -43,6 +43,7 @@ from pipelines.reply_engine import Generation, transcribe
 from voice.audio import Int16Array
 from voice.errors import ProviderError
 from voice.settings import Settings
+from voice.tasks import REALTIME_EVENT_QUEUE_ITEMS, CappedQueue
 from voice.turntaking.detector import SpeechPaused, SpeechResumed, TurnEnded, TurnStarted
 from wire.openai_realtime.client_events import (
     AudioAppend,
@@ -85,7 +86,8 @@ class RealtimeApiConnection:
         self._conversation_id = "conv_" + secrets.token_hex(8)
         self._input = InputAudio(settings)
         self._input.configure(self.config.turn_detection)
-        self._out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._out: CappedQueue[dict[str, Any]] = CappedQueue(
+            REALTIME_EVENT_QUEUE_ITEMS, "realtime api: events the client has not read")
         self._speech_item: str | None = None  # the item the current VAD turn will become
         self._speculation: Running | None = None
         self._response: Running | None = None
@@ -97,7 +99,7 @@ class RealtimeApiConnection:
         return self.config.session_id
 
     def _send(self, data: dict[str, Any]) -> None:
-        self._out.put_nowait(data)
+        self._out.offer(data)
 
     async def run(self) -> None:
         self._send(event("session.created", session=self.config.to_wire()))

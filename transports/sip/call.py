@@ -26,6 +26,7 @@ from voice.clock import Clock
 from voice.errors import SipError
 from voice.events import Event, ResponseTextDelta
 from voice.session import PipelineFactory, Session
+from voice.tasks import DIGIT_QUEUE_ITEMS, CappedQueue
 from wire.rtp.plan import MediaPlan
 from wire.sip.dialog import Dialog
 from wire.sip.message import SipRequest, SipResponse
@@ -76,7 +77,7 @@ class SipCall:
         # before the pipeline exists: the one it gets is the one the clock thread may pull
         self.session.playout = SharedPlayout(SAMPLE_RATE, clock, options.playout_lead_ms,
                                              asyncio.get_running_loop())
-        self._digits: asyncio.Queue[str] = asyncio.Queue()
+        self._digits: CappedQueue[str] = CappedQueue(DIGIT_QUEUE_ITEMS, "keypad digits")
         self._early: list[Int16Array] = []
         self._byes: list[asyncio.Future[SipResponse]] = []
         self._started_at = 0.0
@@ -122,11 +123,11 @@ class SipCall:
         self.session.push_audio(samples)
 
     def _digit(self, digit: str) -> None:
-        self._digits.put_nowait(digit)
+        self._digits.offer(digit)
 
     def deliver_digit(self, digit: str) -> None:
         """A digit that came as SIP INFO rather than RTP."""
-        self._digits.put_nowait(digit)
+        self._digits.offer(digit)
 
     async def _dtmf_loop(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from transports.webrtc.receive_buffer import use_immediate_audio_buffer
 from transports.webrtc.tracks import ChunkSource, PacedAudioTrack
 from voice.clock import Clock
 from voice.errors import ProtocolError
+from voice.tasks import MESSAGE_QUEUE_ITEMS, CappedQueue
 from wire.rtc_signalling import IceServer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Peer:
         self._fast_receivers: list[RTCRtpReceiver] = []
         self.channel: RTCDataChannel | None = None
         self.channel_open = asyncio.Event()
-        self.messages: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.messages: CappedQueue[str | bytes] = CappedQueue(
+            MESSAGE_QUEUE_ITEMS, "data channel messages")
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()
         self.pc.add_listener("connectionstatechange", self._on_state)
@@ -104,7 +106,7 @@ class Peer:
         if self.channel is not None:
             return  # one event channel per call; others are ignored
         self.channel = channel
-        channel.add_listener("message", self.messages.put_nowait)
+        channel.add_listener("message", self.messages.offer)
         channel.add_listener("open", self.channel_open.set)
         if channel.readyState == "open":
             self.channel_open.set()
