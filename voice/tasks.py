@@ -20,54 +20,50 @@ MESSAGE_QUEUE_ITEMS = 256  # client messages (WebRTC data channel) not handled y
 DIGIT_QUEUE_ITEMS = 64  # keypad digits not handled yet
 
 
-class LatestQueue(asyncio.Queue[T]):
-    """A queue of at most `maxsize` items where the newest wins: when it is full, the
-    oldest item is dropped to make room (caller audio that a stalled pipeline has not
-    read is stale; memory must not grow with it). `dropped` counts them, and the first
-    drop of each overflow is logged."""
+class _Bounded(asyncio.Queue[T]):
+    """A queue of at most `maxsize` items that never blocks its producer; `dropped`
+    counts what an overflow cost, and the first drop of each overflow is logged."""
 
     def __init__(self, maxsize: int, what: str) -> None:
         super().__init__(maxsize)
         self.what = what
         self.dropped = 0
         self._overflowing = False
+
+    def _overflow(self, policy: str) -> None:
+        self.dropped += 1
+        if not self._overflowing:
+            log.warning("%s: %d items %s", self.what, self.maxsize, policy)
+        self._overflowing = True
+
+    def _put(self, item: T) -> None:  # asyncio.Queue's own hook, under put_nowait
+        if self.qsize() < self.maxsize // 2:
+            self._overflowing = False
+        super()._put(item)
+
+
+class LatestQueue(_Bounded[T]):
+    """The newest wins: when the queue is full, the oldest item is dropped to make
+    room (caller audio that a stalled pipeline has not read is stale; memory must not
+    grow with it)."""
 
     def put_latest(self, item: T) -> None:
         if self.full():
             self.get_nowait()
-            self.dropped += 1
-            if not self._overflowing:
-                log.warning("%s: %d items unread; dropping the oldest", self.what,
-                            self.maxsize)
-            self._overflowing = True
-        elif self.qsize() < self.maxsize // 2:
-            self._overflowing = False
+            self._overflow("unread; dropping the oldest")
         self.put_nowait(item)
 
 
-class CappedQueue(asyncio.Queue[T]):
-    """A queue of at most `maxsize` items that never blocks its producer: `offer`
-    drops an item that does not fit (the consumer is not keeping up: a client that
-    reads nothing, a flood of messages). `dropped` counts them; the first drop of each
-    overflow is logged."""
-
-    def __init__(self, maxsize: int, what: str) -> None:
-        super().__init__(maxsize)
-        self.what = what
-        self.dropped = 0
-        self._overflowing = False
+class CappedQueue(_Bounded[T]):
+    """What is queued keeps its order, and `offer` drops an item that does not fit
+    (the consumer is not keeping up: a client that reads nothing, a flood of
+    messages)."""
 
     def offer(self, item: T) -> bool:
         """Queue `item` if there is room; False if it was dropped."""
         if self.full():
-            self.dropped += 1
-            if not self._overflowing:
-                log.warning("%s: %d items waiting; dropping new ones", self.what,
-                            self.maxsize)
-            self._overflowing = True
+            self._overflow("waiting; dropping new ones")
             return False
-        if self.qsize() < self.maxsize // 2:
-            self._overflowing = False
         self.put_nowait(item)
         return True
 
