@@ -188,6 +188,10 @@ class Service:
             "llm": self.models.llm.name,
             "sip_calls": None if self.sip is None else len(self.sip.calls),
             "sip_port": None if self.sip is None else self.sip.endpoint.local_address[1],
+            # SIP transactions held, and datagrams dropped unread (outside --sip-allow)
+            "sip_transactions": None if self.sip is None else
+            len(self.sip.endpoint.layer.servers),
+            "sip_blocked": None if self.sip is None else self.sip.endpoint.stats.blocked,
             "audio_api_port": None if self.audio_api is None else self.audio_api.port,
             "replies_running": replies_running(),
             "tasks": len(asyncio.all_tasks()),  # all of the worker's: a leak shows here
