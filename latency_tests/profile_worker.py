@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,12 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("transport", ("websockets", "transports/", "wire/")),
     ("event loop", ("asyncio",)),
 ]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def part_of(stack: str) -> str:
@@ -186,12 +193,14 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
     """Run the load with py-spy recording into `samples`: the worker's thread CPU
     before and after, its Python threads, the wall time and the load's summary; the
     model threads' busy shares each second into `queues`."""
-    talkers = [u for u in select(load_corpus(CORPUS), "ws")
+    talkers = [u for u in select(load_corpus(CORPUS), args.transport)
                if u.kind in ("command", "question") and u.snr is None]
     async with LLMServer() as llm:
         if args.reply != "one":
             llm.behaviour.reply = lambda messages: default_reply(messages) + SECOND[args.reply]
         serve = [f"--max-sessions={args.callers + 5}", *args.serve_arg]
+        if args.transport == "sip":  # the phones find the SIP port in /healthz
+            serve.append(f"--sip-port={free_udp_port()}")
         with spawned_service(llm.base_url, serve) as (url, process):
             before, started = thread_cpu(process.pid), time.monotonic()
             spy = await asyncio.create_subprocess_exec(
@@ -202,11 +211,12 @@ async def profile(args: argparse.Namespace, py_spy: str, samples: Path,
             watch = asyncio.create_task(watch_queues(url, process.pid, queues))
             garbage = asyncio.create_task(garbage_client(url, GARBAGE)) if args.garbage else None
             lagger = asyncio.create_task(loop_lag(LAGS))
-            results = await run_level(url, "ws", "cascade", talkers, args.callers, args.turns)
+            results = await run_level(url, args.transport, "cascade", talkers, args.callers,
+                                      args.turns)
             lagger.cancel()
             for cycle in range(1, args.cycles):
                 CYCLES.append(await settled(url, process.pid, cycle))
-                await run_level(url, "ws", "cascade", talkers, args.callers, 1)
+                await run_level(url, args.transport, "cascade", talkers, args.callers, 1)
             if args.cycles > 1:
                 CYCLES.append(await settled(url, process.pid, args.cycles))
             watch.cancel()
@@ -270,6 +280,10 @@ def main() -> None:
                         help="the LLM's replies: one sentence ('You said: ...', as the "
                         "latency suite's load test, about 2 s of audio), two (about 4 s) "
                         "or two long ones (about 7 s)")
+    parser.add_argument("--transport", choices=("ws", "webrtc", "sip"), default="ws",
+                        help="how the callers call: WebSocket, WebRTC (aiortc peers, Opus) "
+                        "or SIP (G.711 over RTP, telephone-band clips); the callers' own "
+                        "CPU is in this process, on the same cores")
     parser.add_argument("--keep-stacks", type=Path, default=None,
                         help="also write py-spy's raw stacks here (for flame graphs)")
     parser.add_argument("--serve-arg", action="append", default=[],
