@@ -74,7 +74,9 @@ class Service:
         self.draining = False
         queues = [queue for model in (models.stt, models.tts)
                   if isinstance(queue := getattr(model, "queue", None), InferenceQueue)]
-        self.headroom = Headroom(queues, lambda: self.admission.open,
+        # the sessions that share the models: callers' sessions and /v1/realtime clients
+        self.headroom = Headroom(queues, lambda: self.admission.open +
+                                 len(self.realtime_api.connections),
                                  max_busy=settings.shed_busy,
                                  max_wait_s=settings.shed_wait_ms / 1000)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,

@@ -327,3 +327,31 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
     busy.queue.figures = stats(busy=0.1, sessions=1)  # the load passed
     request = SimpleNamespace(path="/ws", headers=Headers())
     assert service.process_request(caller, request) is None  # type: ignore[arg-type]
+
+
+def test_realtime_api_clients_count_among_the_sessions_that_share_the_models() -> None:
+    """Clients of /v1/realtime use the same Whisper and Piper as callers' sessions: a
+    worker whose models are loaded by them refuses a caller the same way."""
+    from types import SimpleNamespace
+
+    from websockets.datastructures import Headers
+
+    from pipelines.providers.models import CascadeModels
+    from service.server import Service
+    from voice.settings import Settings
+
+    tts = SimpleNamespace(name="tts", queue=FixedQueue(stats(busy=0.6, sessions=10)))
+    stt = SimpleNamespace(name="stt", queue=FixedQueue(QueueStats("stt", 0, {}, 0, 0, 0, 0, 0)))
+    service = Service(Settings(), CascadeModels(stt=stt, llm=stt, tts=tts))
+
+    class Caller:
+        remote_address = ("10.0.0.1", 5555)
+
+    def ws_refused() -> bool:
+        request = SimpleNamespace(path="/ws", headers=Headers())
+        return service.process_request(Caller(), request) is not None  # type: ignore[arg-type]
+
+    assert not ws_refused()  # 0.6 x 1 / 10: room
+    for n in range(14):  # 14 realtime API clients: 0.6 x 15 / 10 = 0.9
+        service.realtime_api.connections[f"sess_{n}"] = object()  # type: ignore[assignment]
+    assert ws_refused()
