@@ -100,6 +100,8 @@ class Credentials:
                     raise ConfigError(f"{keys_file}:{number}: expected KEY [SCOPE,SCOPE...]")
                 parsed[words[0]] = _scopes(words[1] if len(words) == 2 else "",
                                            f"{keys_file}:{number}")
+            if not parsed:  # an empty file must not mean "no keys needed" on a public bind
+                raise ConfigError(f"api_keys_file {keys_file} holds no keys")
         return cls(parsed)
 
     @property

@@ -44,6 +44,9 @@ def test_a_bad_keys_file_is_a_configuration_error(tmp_path: Path) -> None:
         Credentials.load("", str(keys))
     with pytest.raises(ConfigError, match="cannot read"):
         Credentials.load("", str(tmp_path / "missing"))
+    keys.write_text("# every key was removed while rotating\n\n")
+    with pytest.raises(ConfigError, match="holds no keys"):  # not "open to everyone"
+        Credentials.load("", str(keys))
 
 
 def test_no_keys_means_nothing_is_required() -> None:
