@@ -75,6 +75,7 @@ class Door:
             return self._refuse(grant)
         locked = grant.session.get("pipeline")
         if pipeline is not None and locked is not None and locked != pipeline:
+            self.credentials.give_back(grant)
             return self._refuse(Denied(403, f"this client secret was minted for the "
                                             f"{locked} pipeline"))
         self._grants[connection] = grant
@@ -82,6 +83,13 @@ class Door:
 
     def grant_of(self, connection: ServerConnection) -> Grant | None:
         return self._grants.get(connection)
+
+    def turn_away(self, connection: ServerConnection) -> None:
+        """The connection was let in but its session refused after all (capacity,
+        draining): a client secret it presented is not used up."""
+        grant = self._grants.pop(connection, None)
+        if grant is not None:
+            self.credentials.give_back(grant)
 
     def _refuse(self, denied: Denied) -> Response:
         status = HTTPStatus(denied.status)

@@ -74,9 +74,9 @@ class Service:
         self.draining = False
         queues = [queue for model in (models.stt, models.tts)
                   if isinstance(queue := getattr(model, "queue", None), InferenceQueue)]
-        # the sessions that share the models: callers' sessions and /v1/realtime clients
-        self.headroom = Headroom(queues, lambda: self.admission.open +
-                                 len(self.realtime_api.connections),
+        # the sessions that share the models: callers' sessions and /v1/realtime clients,
+        # all of them holding a ticket of the one admission
+        self.headroom = Headroom(queues, lambda: self.admission.open,
                                  max_busy=settings.shed_busy,
                                  max_wait_s=settings.shed_wait_ms / 1000)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
@@ -162,17 +162,17 @@ class Service:
 
     async def route(self, connection: ServerConnection) -> None:
         path = connection.request.path.partition("?")[0] if connection.request else ""
-        if path == REALTIME_API_PATH:
-            grant = self.door.grant_of(connection)
-            await self.realtime_api.handle(connection, grant.session if grant else {})
-            return
         ticket = self.admission.take(str(connection.remote_address[0]))
         if isinstance(ticket, Refused):  # raced past the HTTP check with others: too late
             log.warning("refused a session on %s: %s", path, ticket.message)
+            self.door.turn_away(connection)
             await connection.close(CLOSE_TRY_AGAIN, ticket.message[:120])
             return
         with ticket:
-            if path == "/rtc":
+            if path == REALTIME_API_PATH:
+                grant = self.door.grant_of(connection)
+                await self.realtime_api.handle(connection, grant.session if grant else {})
+            elif path == "/rtc":
                 await self.webrtc.handle(connection)
             else:
                 await self.websocket.handle(connection)
@@ -213,27 +213,18 @@ class Service:
             return denied
         if self.draining and path in SESSION_PATHS:
             log.info("refused a session on %s: draining", path)
+            self.door.turn_away(connection)
             return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                  b"draining: this worker is shutting down; connect to "
                                  b"another\n", "text/plain", retry_after=5)
-        if path in ("/ws", "/rtc"):
+        if path in SESSION_PATHS:
             refused = self.admission.refusal(str(connection.remote_address[0]))
             if refused is not None:
-                log.warning("refused a session: %s", refused.message)
+                log.warning("refused a session on %s: %s", path, refused.message)
+                self.door.turn_away(connection)
                 return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                      f"{refused.message}\n".encode(), "text/plain",
                                      retry_after=5)
-            return None
-        if path == REALTIME_API_PATH and self.realtime_api.at_capacity():
-            log.warning("refused a realtime API session: at capacity")
-            return http_response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain",
-                                 retry_after=5)
-        if path == REALTIME_API_PATH and (busy := self.headroom.refusal()):
-            log.warning("refused a realtime API session: no headroom: %s", busy)
-            return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
-                                 f"no headroom: {busy}; try again later\n".encode(),
-                                 "text/plain", retry_after=5)
-        if path == REALTIME_API_PATH:
             return None
         static = self.static.lookup(path)
         if static is not None:

@@ -55,6 +55,10 @@ class Grant:
     label: str  # for logs: which key ("key 2") or secret ("secret ek_4f3a..."), never it
     scopes: frozenset[str]
     session: Mapping[str, Any] = field(default_factory=dict)  # locked session settings
+    # a client secret's value and expiry, so that it can be given back when the
+    # session it was redeemed for is refused after all (never shown)
+    secret: str = field(default="", repr=False)
+    expires_at: float = field(default=0.0, repr=False)
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -119,8 +123,16 @@ class Credentials:
         if grant is None:
             return Denied(401, "invalid, expired or already used credential")
         if not grant.allows(scope):
+            self.give_back(grant)
             return Denied(403, f"this credential is not allowed to use {scope}")
         return grant
+
+    def give_back(self, grant: Grant) -> None:
+        """A client secret redeemed for a session that was then refused (no capacity,
+        draining, another pipeline) may still be used, until it expires."""
+        if grant.secret and grant.expires_at > self._clock():
+            with self._lock:
+                self._secrets[grant.secret] = _Secret(grant, grant.expires_at)
 
     def mint(self, grant: Grant, session: Mapping[str, Any], ttl_s: float) -> tuple[str, int]:
         """A client secret for one session with `grant`'s scopes and `session` locked;
@@ -134,7 +146,8 @@ class Credentials:
                 raise OverflowError(f"{MAX_LIVE_SECRETS} client secrets are outstanding")
             label = f"secret {value[:8]}... of {grant.label}"
             scopes = grant.scopes - {"secrets"}  # a secret cannot mint more secrets
-            self._secrets[value] = _Secret(Grant(label, scopes, dict(session)), expires_at)
+            self._secrets[value] = _Secret(Grant(label, scopes, dict(session), value,
+                                                 expires_at), expires_at)
         return value, int(expires_at)
 
     def _key(self, token: str) -> Grant | None:

@@ -166,9 +166,10 @@ class Settings:
     dtmf_hangup_message: str = _opt("Connecting you to a person. Goodbye.",
                                     "Spoken before hanging up on the hang-up digit.")
     # Sessions and limits
-    max_sessions: int = _opt(100, "Concurrent sessions (WebSocket, WebRTC and SIP together); "
-                             "more are refused with HTTP 503 (SIP 503). The worker's "
-                             "headroom (shed_busy, shed_wait_ms) usually refuses sooner.")
+    max_sessions: int = _opt(100, "Concurrent sessions (WebSocket, WebRTC, /v1/realtime "
+                             "and SIP together); more are refused with HTTP 503 (SIP "
+                             "503). The worker's headroom (shed_busy, shed_wait_ms) "
+                             "usually refuses sooner.")
     shed_busy: float = _opt(0.85, "Refuse new sessions (HTTP 503, SIP 503, /readyz fails) "
                             "when a local model's thread would be busier than this share "
                             "of its time with one more session; 0: off.")

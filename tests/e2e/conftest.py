@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,19 @@ SERVICE_ENV = {
     "VOICE_MAX_MESSAGE_BYTES": "65536",
     "VOICE_LOG_LEVEL": "INFO",
 }
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def assert_one_event_per_line(log: str, forged: str) -> None:
+    """`forged` (text a caller sent with line breaks in it, made to look like a log line)
+    shows up escaped inside a line the service wrote, never as a line of its own."""
+    lines = log.splitlines()  # CR, LF, and the Unicode separators all break a line here
+    carrying = [line for line in lines if forged[:40] in line]
+    assert carrying, "the forged text never reached the log"
+    assert all(LOG_LINE.match(line) and not line.startswith(forged[:20])
+               for line in carrying), carrying[:3]
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ settings it was minted with; `voice call --token` holds a turn."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import urllib.error
 import urllib.request
@@ -145,6 +146,35 @@ async def test_the_openai_sdk_mints_a_secret_and_opens_one_locked_session_with_i
     phone = AsyncOpenAI(api_key=CASCADE_KEY, base_url=base)
     with pytest.raises(Exception, match="403|not allowed"):  # no `secrets` scope
         await phone.realtime.client_secrets.create()
+
+
+def mint(api_port: int) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/v1/realtime/client_secrets", data=b"{}", method="POST",
+        headers={"Authorization": f"Bearer {FULL_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        value: str = json.load(response)["value"]
+    return value
+
+
+async def test_a_secret_turned_away_by_a_full_worker_is_not_used_up(
+        locked: tuple[e2e.RunningService, int]) -> None:
+    service, api_port = locked
+    secret = mint(api_port)
+    with_secret = ws_url(service, f"/ws?sample_rate=16000&token={secret}")
+    cap = int(e2e.SERVICE_ENV["VOICE_MAX_SESSIONS"])
+    holders = [VoiceClient(service.url) for _ in range(cap)]
+    try:
+        for holder in holders:
+            holder.token = FULL_KEY
+            await holder.connect()
+        assert (await refused(with_secret)).response.status_code == 503
+    finally:
+        for holder in holders:
+            await holder.close()
+    async with websockets.connect(with_secret, open_timeout=5):  # still good for one
+        pass
+    assert (await refused(with_secret)).response.status_code == 401  # and only one
 
 
 async def test_the_audio_api_takes_keys_not_secrets(

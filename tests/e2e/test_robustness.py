@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import word_recall
 from tests.e2e.conftest import (
     SERVICE_ENV,
     RunningService,
+    assert_one_event_per_line,
     converse,
     start_service,
     stop_service,
@@ -105,15 +107,21 @@ async def test_sessions_over_the_cap_are_refused_with_a_reason(service: RunningS
 
 
 @pytest.mark.parametrize("failure", ["http 500", "http 429", "hang", "html page",
-                                     "null deltas"])
+                                     "null deltas", "garbage stream", "a token every 4 s"])
 async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         service: RunningService, fresh_llm: LLMServer, whisper: WhisperSTT,
         utterances: dict[str, dict[str, str]], failure: str) -> None:
-    fresh_llm.behaviour.always_fail = {
-        "http 500": ErrorStatus(500), "http 429": ErrorStatus(429), "hang": Hang(),
-        "html page": Garbage("html"), "null deltas": Garbage("null_delta")}[failure]
+    if failure == "a token every 4 s":  # once accepted for ever; VOICE_LLM_TIMEOUT_S is 1.5
+        fresh_llm.behaviour.token_interval = 4.0
+        fresh_llm.behaviour.reply = "Why did the chicken cross the road"
+    else:
+        fresh_llm.behaviour.always_fail = {
+            "http 500": ErrorStatus(500), "http 429": ErrorStatus(429), "hang": Hang(),
+            "html page": Garbage("html"), "null deltas": Garbage("null_delta"),
+            "garbage stream": Garbage("json")}[failure]
     code = {"http 500": "llm_error", "http 429": "llm_rate_limited", "hang": "llm_timeout",
-            "html page": "llm_bad_output", "null deltas": "llm_bad_output"}
+            "html page": "llm_bad_output", "null deltas": "llm_bad_output",
+            "garbage stream": "llm_bad_output", "a token every 4 s": "llm_timeout"}
     async with VoiceClient(service.url) as client:
         await converse(client, utterances["joke"]["path"])
         error = client.events_of("error")
@@ -122,6 +130,7 @@ async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         assert "sorry" in heard.lower(), heard
 
         fresh_llm.behaviour.always_fail = None
+        fresh_llm.behaviour.token_interval = 0.0
         fresh_llm.behaviour.reply = "Here is one about computers."
         mark = len(client.record.audio)
         done = await converse(client, utterances["name"]["path"])
@@ -129,9 +138,13 @@ async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         assert len(client.events_of("error")) == 1
         later = [c.samples for c in client.record.audio[mark:]]
         assert later, "no reply audio on the turn after the failure"
-        # the failed turn is not in the history as an assistant answer
+        # the failed turn is in the history only as far as the caller heard it
         history = fresh_llm.requests[-1]["messages"]
-        assert [m["role"] for m in history] == ["system", "user", "user"]
+        if failure in ("garbage stream", "a token every 4 s"):  # a word came, then the failure
+            assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+            assert history[2]["content"].split()[0] in ("Sure.", "Why")
+        else:
+            assert [m["role"] for m in history] == ["system", "user", "user"]
 
 
 async def test_sigint_closes_open_sessions_with_1001_at_once(
@@ -180,3 +193,41 @@ async def test_a_session_at_its_time_limit_hears_goodbye_and_ends(
     assert done["text"] == "We have reached the time limit for this call. Goodbye."
     heard = transcribe_back(whisper, client.reply_audio(), 16000)
     assert word_recall("we have reached the time limit for this call goodbye", heard) >= 0.6
+
+
+FORGED = "2026-01-01 00:00:00,000 ERROR   forged.by.the.caller [-]: a fake line"
+
+
+async def test_caller_text_cannot_forge_a_log_line(service: RunningService) -> None:
+    """A refused event type with line breaks in it is logged as one escaped line."""
+    realtime = service.url.replace("http://", "ws://") + "/v1/realtime"
+    for brk in ("\n", "\r", "\u2028"):
+        async with websockets.connect(realtime) as client:
+            await client.send(json.dumps({"type": f"nope{brk}{FORGED}"}))
+            async with asyncio.timeout(5):
+                while (event := json.loads(await client.recv()))["type"] != "error":
+                    pass
+            assert event["error"]["type"] == "invalid_request_error"
+    await asyncio.sleep(0.2)
+    assert_one_event_per_line(service.log(), FORGED)
+
+
+async def test_one_address_holds_at_most_its_share_of_sessions(
+        llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`max_sessions_per_address` counts /ws and /v1/realtime sessions together."""
+    service = start_service(tmp_path_factory.mktemp("per-address"), {
+        "OPENAI_BASE_URL": llm.base_url, "VOICE_MAX_SESSIONS_PER_ADDRESS": "2"},
+        name="per-address")
+    try:
+        realtime = service.url.replace("http://", "ws://") + "/v1/realtime"
+        async with VoiceClient(service.url), websockets.connect(realtime):
+            for refused_url in (service.url.replace("http://", "ws://") + "/ws", realtime):
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    async with websockets.connect(refused_url):
+                        pass
+                assert refused.value.response.status_code == 503
+                assert b"2 sessions from one address" in refused.value.response.body
+        async with VoiceClient(service.url) as again:  # the share frees as sessions end
+            await still_alive(again)
+    finally:
+        stop_service(service)

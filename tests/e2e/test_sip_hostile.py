@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 BLOCKED_HOST = "127.0.0.2"  # loopback too, but outside --sip-allow
 FLOOD = 10_000
+FORGED = "2026-01-01 00:00:00,000 ERROR   forged.by.the.caller [-]: a fake line"
 HOSTILE_SDP = [SDP + b"a=ptime:inf\r\n", SDP.replace(b"40000", "4²000".encode()),
                SDP.replace(b"RTP/AVP 0", "RTP/AVP ٣".encode()),
                SDP + b"a=rtpmap:0 PCMU/1e999\r\n", SDP + b"a=ptime:99999999999999999999\r\n"]
@@ -49,7 +50,9 @@ def sip(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
     port = free_udp_port()
     running = e2e.start_service(tmp_path_factory.mktemp("sip-hostile"), {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
-        "VOICE_SIP_PORT": str(port), "VOICE_SIP_ALLOW": "127.0.0.1/32"}, name="sip-hostile")
+        "VOICE_SIP_PORT": str(port), "VOICE_SIP_ALLOW": "127.0.0.1/32",
+        "VOICE_MAX_SESSIONS": "8"},  # the hostile client's odd but valid INVITEs get calls
+        name="sip-hostile")
     yield running, port
     e2e.stop_service(running)
 
@@ -81,7 +84,9 @@ async def test_a_live_call_survives_a_hostile_sip_client(
     hostile, _ = await loop.create_datagram_endpoint(Counter, local_addr=("127.0.0.1", 0))
     injector, _ = await loop.create_datagram_endpoint(Counter, local_addr=("127.0.0.1", 0))
     junk = [*HOSTILE, *[invite(body=body, call_id=f"sdp{i}") for i, body in
-                        enumerate(HOSTILE_SDP)]]
+                        enumerate(HOSTILE_SDP)],
+            invite(body=HOSTILE_SDP[0], call_id="cr-call").replace(  # once a forged log line
+                b"Call-ID: cr-call", b"Call-ID: cr\r" + FORGED.encode())]
     small = [data for data in junk if len(data) <= 1500]  # a flood of big ones would
     # overflow the kernel's receive buffer, which drops them before anyone reads them
     sent_blocked = 0
@@ -140,7 +145,8 @@ async def test_a_live_call_survives_a_hostile_sip_client(
     assert health["sip_blocked"] >= FLOOD * 0.99  # (loopback UDP may drop a few)
     assert health["sip_transactions"] < 100  # the flood stored none
     log = service.log()
-    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+    assert " ERROR " not in log.replace(FORGED, "") and "Traceback" not in log, log[-3000:]
+    e2e.assert_one_event_per_line(log, FORGED)
 
 
 def _health(service: e2e.RunningService) -> dict[str, Any]:

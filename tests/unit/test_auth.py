@@ -72,6 +72,26 @@ def test_a_client_secret_opens_one_session_before_it_expires() -> None:
     assert isinstance(refused, Denied) and refused.status == 403
 
 
+def test_a_secret_whose_session_was_refused_is_given_back_until_it_expires() -> None:
+    clock = Clock()
+    credentials = Credentials({"server-key": frozenset({"cascade", "secrets"})}, clock=clock)
+    minter = credentials.check("server-key", "secrets")
+    assert isinstance(minter, Grant)
+    value, _ = credentials.mint(minter, {}, 60)
+    assert isinstance(credentials.check(value, "realtime"), Denied)  # not its scope: kept
+    grant = credentials.check(value, "cascade")
+    assert isinstance(grant, Grant)
+    assert value not in repr(grant)
+    credentials.give_back(grant)  # e.g. the worker was full
+    again = credentials.check(value, "cascade")
+    assert isinstance(again, Grant)
+    clock.now += 61
+    credentials.give_back(again)  # too late: it has expired meanwhile
+    assert isinstance(credentials.check(value, "cascade"), Denied)
+    credentials.give_back(credentials.check("server-key", "cascade"))  # type: ignore[arg-type]
+    assert isinstance(credentials.check(value, "cascade"), Denied)  # keys are not stored
+
+
 def test_the_credential_comes_from_the_header_the_query_or_the_subprotocol() -> None:
     assert presented_token("Bearer abc", None, []) == "abc"
     assert presented_token("bearer  abc ", None, []) == "abc"

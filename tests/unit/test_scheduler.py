@@ -330,14 +330,16 @@ def test_a_worker_without_headroom_refuses_every_kind_of_session_with_503() -> N
 
 
 def test_realtime_api_clients_count_among_the_sessions_that_share_the_models() -> None:
-    """Clients of /v1/realtime use the same Whisper and Piper as callers' sessions: a
-    worker whose models are loaded by them refuses a caller the same way."""
+    """Clients of /v1/realtime use the same Whisper and Piper as callers' sessions and
+    hold a ticket of the same admission (service.route): a worker whose models are
+    loaded by them refuses a caller the same way, and another /v1/realtime client too."""
     from types import SimpleNamespace
 
     from websockets.datastructures import Headers
 
     from pipelines.providers.models import CascadeModels
     from service.server import Service
+    from voice.admission import Ticket
     from voice.settings import Settings
 
     tts = SimpleNamespace(name="tts", queue=FixedQueue(stats(busy=0.6, sessions=10)))
@@ -347,11 +349,11 @@ def test_realtime_api_clients_count_among_the_sessions_that_share_the_models() -
     class Caller:
         remote_address = ("10.0.0.1", 5555)
 
-    def ws_refused() -> bool:
-        request = SimpleNamespace(path="/ws", headers=Headers())
+    def refused(path: str) -> bool:
+        request = SimpleNamespace(path=path, headers=Headers())
         return service.process_request(Caller(), request) is not None  # type: ignore[arg-type]
 
-    assert not ws_refused()  # 0.6 x 1 / 10: room
-    for n in range(14):  # 14 realtime API clients: 0.6 x 15 / 10 = 0.9
-        service.realtime_api.connections[f"sess_{n}"] = object()  # type: ignore[assignment]
-    assert ws_refused()
+    assert not refused("/ws") and not refused("/v1/realtime")  # 0.6 x 1 / 10: room
+    tickets = [service.admission.take(f"10.0.1.{n}") for n in range(14)]  # 14 realtime
+    assert all(isinstance(t, Ticket) for t in tickets)  # clients: 0.6 x 15 / 10 = 0.9
+    assert refused("/ws") and refused("/v1/realtime")
