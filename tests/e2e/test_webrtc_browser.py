@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from clients.audiofile import load_audio, save_wav
 from latency_tests.llm_server import LLMServer
@@ -235,3 +236,104 @@ async def test_a_lost_connection_is_reported_and_restored(
     assert "connection to the voice service was lost" in lost["error"]
     assert restored["stateText"].startswith("Connected over WebRTC")
     assert restored["error"] == "" and restored["reconnects"] >= 1
+
+
+SERVER_KEY = "page-server-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[RunningService, int]]:
+    """A service that needs a credential, and its HTTP API port (client secrets)."""
+    api_port = free_port()
+    running = start_service(tmp_path_factory.mktemp("keyed-web"), {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
+        "VOICE_RTC_ALLOW_LOOPBACK": "1", "VOICE_IDLE_TIMEOUT_S": "60",
+        "VOICE_API_KEYS": SERVER_KEY, "VOICE_AUDIO_API_PORT": str(api_port)}, name="keyed-web")
+    yield running, api_port
+    stop_service(running)
+
+
+class PageServer:
+    """The operator's own web site: a page with the widget on it, and `/token`, which
+    mints a client secret with the site's server-side key for each connection (the
+    key itself never reaches the browser)."""
+
+    def __init__(self, service_url: str, api_port: int, token_url: bool) -> None:
+        self.service_url, self.api_port, self.token_url = service_url, api_port, token_url
+        self.minted: list[str] = []
+        self.url = ""
+
+    def page(self) -> str:
+        credential = 'token-url="/token"' if self.token_url else ""
+        return (f'<!doctype html><html><body><script type="module" '
+                f'src="/widget/voice-widget.js"></script><voice-widget '
+                f'server="{self.service_url}" {credential}></voice-widget></body></html>')
+
+    def mint(self) -> bytes:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api_port}/v1/realtime/client_secrets", data=b"{}",
+            method="POST", headers={"Authorization": f"Bearer {SERVER_KEY}",
+                                    "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body: bytes = response.read()
+        self.minted.append(json.loads(body)["value"])
+        return body
+
+    async def __aenter__(self) -> PageServer:
+        async def page(_: web.Request) -> web.Response:
+            return web.Response(text=self.page(), content_type="text/html")
+
+        async def widget(request: web.Request) -> web.StreamResponse:
+            name = request.match_info["name"]
+            path = ROOT / "clients" / "web" / name
+            if "/" in name or not path.is_file():
+                raise web.HTTPNotFound()
+            return web.Response(body=path.read_bytes(), content_type="text/javascript")
+
+        async def token(_: web.Request) -> web.Response:
+            return web.Response(body=await asyncio.to_thread(self.mint),
+                                content_type="application/json")
+
+        app = web.Application()
+        app.add_routes([web.get("/", page), web.get("/widget/{name}", widget),
+                        web.post("/token", token)])
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+async def test_a_widget_on_the_operators_page_connects_with_a_minted_client_secret(
+        keyed_service: tuple[RunningService, int], fresh_llm: LLMServer, tmp_path: Path,
+        utterances: dict[str, dict[str, str]]) -> None:
+    """Without a credential the widget is refused and says so; with `token-url` it gets
+    a one-use client secret from the page's server and holds a conversation."""
+    service, api_port = keyed_service
+    reply = "Your account is in good order."
+    fresh_llm.behaviour.reply = reply
+    async with PageServer(service.url, api_port, token_url=False) as site:
+        *_, page = await drive({
+            "url": site.url, "steps": [{"do": "click"},
+                                       {"do": "wait", "until": "error", "timeoutMs": 20000}]})
+    assert "the service refused the connection" in page["error"], page
+    async with PageServer(service.url, api_port, token_url=True) as site:
+        *_, page = await drive({
+            "url": site.url,
+            "audioFile": str(fake_microphone(utterances["weather"]["path"], tmp_path)),
+            "failureScreenshot": str(ARTIFACTS / "widget-token-failure.png"),
+            "steps": [{"do": "click"}, {"do": "wait", "until": "reply", "timeoutMs": 60000}]})
+    assert page["transport"] == "webrtc" and page["error"] == "", page
+    you, assistant = page["transcript"][:2]
+    assert word_recall(utterances["weather"]["text"], you) >= 0.8, you
+    assert assistant == f"Assistant: {reply}"
+    assert page["replyPeakDb"] > -30, page
+    assert len(site.minted) == 1  # one connection, one secret
+    log = service.log()
+    assert "refused /rtc from 127.0.0.1: missing credential" in log
+    assert site.minted[0] not in log and SERVER_KEY not in log
