@@ -1,5 +1,5 @@
 # The voice assistant service with its bundled models (faster-whisper tiny.en, Piper
-# en_US-joe-medium), run as a non-root user. Every setting comes from the environment
+# en_US-joe-medium, the LLM SmolLM2-135M-Instruct on llama.cpp), run as a non-root user. Every setting comes from the environment
 # (VOICE_* and OPENAI_BASE_URL / OPENAI_API_KEY; `voice settings` lists them).
 #
 #   docker build -t voice-assistant .
@@ -19,10 +19,13 @@
 
 FROM debian:bookworm-slim AS build
 ARG DEBIAN_FRONTEND=noninteractive
+# llama.cpp (llama-cpp-python) is compiled here: for any x86-64 or arm64 CPU, not only
+# the one that builds the image (GGML_NATIVE=OFF)
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF"
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv g++ make \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/voice
 WORKDIR /src
@@ -38,9 +41,10 @@ RUN /opt/voice/bin/pip install --no-deps . \
 
 FROM debian:bookworm-slim
 ARG DEBIAN_FRONTEND=noninteractive
-# The user is "assistant": Debian already has a "voice" group (for modems).
+# The user is "assistant": Debian already has a "voice" group (for modems). libgomp1:
+# llama.cpp's threads.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/assistant assistant
 COPY --from=build /opt/voice /opt/voice

@@ -17,6 +17,7 @@ joke|en-gb|150|Please tell me a joke about computers.
 train|en-us+m3|170|What time does the next train to Boston leave?
 name|en-us+f3|155|My name is Alice and I live in London.
 stop|en-us|175|Wait, stop, I meant Tuesday.
+capital|en-us+f3|145|What is the capital of France?
 LIST
 while IFS='|' read -r name voice speed text; do
   [ -z "$name" ] && continue

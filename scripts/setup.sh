@@ -23,6 +23,8 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 
 debs=()
+command -v g++ >/dev/null || debs+=(g++)   # llama-cpp-python compiles llama.cpp on install
+command -v make >/dev/null || debs+=(make)
 if [ "$want_tests" = 1 ]; then
   command -v espeak-ng >/dev/null || debs+=(espeak-ng)
   command -v sox >/dev/null || debs+=(sox)
@@ -51,7 +53,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra=""
 [ "$want_tests" = 1 ] && extra="[test]"
-echo "setup: installing the project${extra} into .venv (first time: a few minutes)"
+echo "setup: installing the project${extra} into .venv (first time: about 10 minutes, most of"
+echo "       it compiling llama.cpp for the bundled LLM; pip keeps the result for next time)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet --editable ".${extra}"
 if [ "$want_tests" = 1 ]; then

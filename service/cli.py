@@ -120,10 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("settings", help="print every setting as a Markdown table")
     table.set_defaults(run=_cmd_settings)
+
+    local = sub.add_parser("llm-server", add_help=False,
+                           help="serve the bundled (or another GGUF) LLM's Chat Completions "
+                                "API on its own (voice llm-server --help)")
+    local.set_defaults(run=None)  # main() hands it its arguments
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["llm-server"]:  # its own flags, all of them (argparse's REMAINDER
+        from apis.openai_chat import main as serve_chat  # would take no leading option)
+
+        serve_chat(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -27,6 +27,17 @@ def print_event(event: Event) -> None:
 
 
 async def dial(settings: Settings, target: str, greeting: str, answer_timeout: float) -> int:
+    from service.local_llm import start_local_llm
+
+    settings, local_llm = await start_local_llm(settings)
+    try:
+        return await _dial(settings, target, greeting, answer_timeout)
+    finally:
+        if local_llm is not None:
+            await local_llm.stop()
+
+
+async def _dial(settings: Settings, target: str, greeting: str, answer_timeout: float) -> int:
     from service.server import Service
 
     models = await asyncio.to_thread(load_models, settings)

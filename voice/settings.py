@@ -42,8 +42,15 @@ class Settings:
     drain_message: str = _opt("Sorry, this line is closing now. Please call again. Goodbye.",
                               "Spoken to calls still active when the drain timeout ends.")
     # LLM
+    llm: str = _opt("auto", "Which LLM: auto (the endpoint when OPENAI_BASE_URL or "
+                    "OPENAI_API_KEY is set, else the bundled local model), local (the local "
+                    "model, local_llm_model), endpoint, or echo (repeats what it heard).")
+    local_llm_model: str = _opt("", "GGUF file of the local LLM (empty: the bundled "
+                                "SmolLM2-135M-Instruct).")
+    local_llm_threads: int = _opt(2, "CPU threads of the local LLM.")
+    local_llm_context: int = _opt(2048, "Tokens of context of the local LLM.")
     openai_base_url: str = _opt(
-        "", "OpenAI-compatible endpoint; empty with no key = built-in demo responder.",
+        "", "OpenAI-compatible endpoint (empty with no key: see llm).",
         env="OPENAI_BASE_URL")
     openai_api_key: str = _opt("", "API key for the LLM endpoint.", env="OPENAI_API_KEY",
                                secret=True)
@@ -274,6 +281,12 @@ class Settings:
             (self.max_session_s >= 0, "max_session_s must be >= 0"),
             (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
+            (self.llm in ("auto", "local", "endpoint", "echo"),
+             "llm must be auto, local, endpoint or echo"),
+            (self.llm != "endpoint" or bool(self.openai_base_url or self.openai_api_key),
+             "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
+            (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
+            (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),
             (self.sip_rtp_timeout_s > 0, "sip_rtp_timeout_s must be positive"),
@@ -332,6 +345,13 @@ class Settings:
                 value = redact_url(value)  # a URL may carry credentials of its own
             out[f.name] = value
         return out
+
+    @property
+    def llm_choice(self) -> str:
+        """The LLM `llm` resolves to: local, endpoint or echo."""
+        if self.llm != "auto":
+            return self.llm
+        return "endpoint" if self.openai_base_url or self.openai_api_key else "local"
 
     @classmethod
     def markdown_table(cls) -> str:

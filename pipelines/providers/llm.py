@@ -1,5 +1,5 @@
 """Language models: any OpenAI-compatible streaming chat endpoint, a fallback chain of
-them, or the demo responder.
+them, or the echo responder.
 
 OpenAI, Ollama, vLLM and llama.cpp's server all speak the same Chat Completions API;
 `OpenAIChat` uses the official `openai` client against `base_url`. Vendor errors are
@@ -160,10 +160,10 @@ def _translate(exc: openai.OpenAIError, name: str) -> ProviderError:
     return ProviderError(f"LLM failed: {type(exc).__name__}", provider=name, code="llm_error")
 
 
-class DemoResponder:
+class EchoResponder:
     """Offline stand-in for an LLM: repeats back what it heard. Not an assistant."""
 
-    name = "demo-responder (no LLM configured)"
+    name = "echo (--llm echo)"
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         heard = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

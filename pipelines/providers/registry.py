@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.providers.llm import DemoResponder, Endpoint, LanguageModel, LLMChain, OpenAIChat
+from pipelines.providers.llm import EchoResponder, Endpoint, LanguageModel, LLMChain, OpenAIChat
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.remote import RemoteSTT, RemoteTTS
 from pipelines.providers.stt import SpeechToText, WhisperSTT
 from pipelines.providers.tts import PiperTTS, TextToSpeech
-from voice.errors import ProviderError
+from voice.errors import ConfigError, ProviderError
 from voice.redact import redact_url
 from voice.resilience import BreakerPolicy, CircuitBreaker
 from voice.settings import Settings
@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 
 def build_llm(settings: Settings) -> LanguageModel:
     """The LLM of every session: the chain of configured endpoints (one or two), each
-    with its circuit breaker; the demo responder when none is configured."""
+    with its circuit breaker; the echo responder when asked for (`--llm echo`). The
+    bundled local model is an endpoint too: service/local_llm.py starts its server and
+    sets `openai_base_url` to it before this runs."""
     s = settings
+    if s.llm == "echo":
+        log.warning("--llm echo: the ECHO responder only repeats back what it heard")
+        return EchoResponder()
     endpoints: list[tuple[str | None, str, str]] = []  # (base URL, key, model)
     if s.openai_base_url or s.openai_api_key:
         endpoints.append((s.openai_base_url or None, s.openai_api_key, s.llm_model))
@@ -32,9 +37,8 @@ def build_llm(settings: Settings) -> LanguageModel:
         endpoints.append((s.llm_fallback_url, s.llm_fallback_api_key,
                           s.llm_fallback_model or s.llm_model))
     if not endpoints:
-        log.warning("no OPENAI_BASE_URL or OPENAI_API_KEY set: using the built-in DEMO "
-                    "responder, which only repeats back what it heard")
-        return DemoResponder()
+        raise ConfigError("no LLM endpoint: set OPENAI_BASE_URL or OPENAI_API_KEY, use the "
+                          "bundled local model (--llm local) or --llm echo")
     first_token_s = min(s.llm_first_token_timeout_s, s.llm_timeout_s)
     return LLMChain([
         Endpoint(OpenAIChat(base_url=url, api_key=key, model=model, timeout_s=s.llm_timeout_s,

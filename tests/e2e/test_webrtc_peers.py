@@ -327,7 +327,8 @@ async def test_voice_call_over_webrtc_on_a_machine_with_no_network(
     out = tmp_path / "reply.wav"
     script = (
         'v="$0"; ip link set lo up || exit 1; '
-        '"$v" -m service.cli serve --port 8765 --rtc-allow-loopback > "$1" 2>&1 & service=$!; '
+        '"$v" -m service.cli serve --port 8765 --rtc-allow-loopback --llm echo > "$1" 2>&1 & '
+        'service=$!; '
         'for i in $(seq 100); do "$v" -c "import urllib.request as u; '
         'u.urlopen(\'http://127.0.0.1:8765/healthz\')" 2>/dev/null && break; sleep 0.3; done; '
         '"$v" -m service.cli call --transport webrtc --url http://127.0.0.1:8765 "$2" --out "$3"; '

