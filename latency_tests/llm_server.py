@@ -39,7 +39,18 @@ from latency_tests.llm_server_http import (
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
-Responder = Callable[[list[Message]], str]
+
+
+@dataclass(frozen=True)
+class CallTools:
+    """A reply that asks for tool calls: `calls` are (name, arguments as JSON text),
+    streamed in pieces as real endpoints do; `text` is said before them."""
+
+    calls: tuple[tuple[str, str], ...]
+    text: str = ""
+
+
+Responder = Callable[[list[Message]], "str | CallTools"]
 Chunker = Callable[[str], Sequence[str]]
 
 MODEL_ID = "fake-llm"
@@ -106,12 +117,15 @@ class Behaviour:
     def take_failure(self) -> Failure | None:
         return self.failures.popleft() if self.failures else self.always_fail
 
-    def deltas_for(self, messages: list[Message]) -> list[str]:
+    def deltas_for(self, messages: list[Message]) -> tuple[list[str], CallTools | None]:
+        """The text deltas of the reply, and the tool calls it asks for."""
         if self.reply is None:
-            text = default_reply(messages)
+            reply: str | CallTools = default_reply(messages)
         else:
-            text = self.reply if isinstance(self.reply, str) else self.reply(messages)
-        return [delta for delta in self.chunker(text) if delta]
+            reply = self.reply if isinstance(self.reply, str) else self.reply(messages)
+        tools = reply if isinstance(reply, CallTools) else None
+        text = reply.text if isinstance(reply, CallTools) else reply
+        return [delta for delta in self.chunker(text) if delta], tools
 
 
 @dataclass(frozen=True)
@@ -268,7 +282,7 @@ class LLMServer:
             await _send_garbage(response, failure, request.model)
             return
         try:
-            deltas = self.behaviour.deltas_for(request.messages)
+            deltas, tools = self.behaviour.deltas_for(request.messages)
         except Exception as exc:
             logger.exception("scripted reply failed")
             await response.send_error(500, f"scripted reply failed: {exc!r}", "server_error")
@@ -276,9 +290,9 @@ class LLMServer:
         drop_after = failure.after_deltas if isinstance(failure, Drop) else None
         await asyncio.sleep(self.behaviour.first_token_delay)
         if request.stream:
-            await self._stream(request, deltas, response, drop_after)
+            await self._stream(request, deltas, response, drop_after, tools)
         else:
-            await self._complete(request, deltas, response, drop_after)
+            await self._complete(request, deltas, response, drop_after, tools)
 
     async def _stream(
         self,
@@ -286,6 +300,7 @@ class LLMServer:
         deltas: list[str],
         response: HttpResponse,
         drop_after: int | None,
+        tools: CallTools | None = None,
     ) -> None:
         payloads = _Payloads(request.model)
         await response.start_events()
@@ -297,7 +312,15 @@ class LLMServer:
         if drop_after is not None:
             response.keep_alive = False  # the body never ends: the client sees a cut stream
             return
-        await response.send_event(payloads.chunk({}, finish_reason="stop"))
+        for index, (name, arguments) in enumerate(tools.calls if tools else ()):
+            call = {"index": index, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                    "function": {"name": name, "arguments": ""}}
+            await response.send_event(payloads.chunk({"tool_calls": [call]}))
+            for start in range(0, len(arguments), 7):  # in pieces, as endpoints send them
+                piece = {"index": index, "function": {"arguments": arguments[start:start + 7]}}
+                await response.send_event(payloads.chunk({"tool_calls": [piece]}))
+        await response.send_event(payloads.chunk(
+            {}, finish_reason="tool_calls" if tools else "stop"))
         if request.include_usage:
             await response.send_event(payloads.usage_chunk(_usage(request.messages, deltas)))
         await response.send_event("[DONE]")
@@ -309,10 +332,18 @@ class LLMServer:
         deltas: list[str],
         response: HttpResponse,
         drop_after: int | None,
+        tools: CallTools | None = None,
     ) -> None:
         await asyncio.sleep(self.behaviour.token_interval * max(len(deltas) - 1, 0))
         payloads = _Payloads(request.model)
         completion = payloads.completion("".join(deltas), _usage(request.messages, deltas))
+        if tools:
+            choice = completion["choices"][0]
+            choice["finish_reason"] = "tool_calls"
+            choice["message"]["tool_calls"] = [
+                {"id": f"call_{i}", "type": "function",
+                 "function": {"name": name, "arguments": arguments}}
+                for i, (name, arguments) in enumerate(tools.calls)]
         await response.send_json(200, completion, cut_short=drop_after is not None)
 
 
@@ -323,7 +354,7 @@ class _Payloads:
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self._base = {"id": completion_id, "created": _now(), "model": model}
 
-    def chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return json.dumps({**self._base, "object": "chat.completion.chunk", "choices": [choice]})
 

@@ -14,6 +14,15 @@ speak its first sentence and no more until it is wanted, since many speculations
 thrown away unheard and speech synthesis is the largest share of a worker's CPU.
 When a provider fails, an `apology` (if given) is spoken after the `Failed` output.
 The latency stamps of the turn timeline are reported through `stamp`.
+
+With `tools`, the LLM may ask for tool calls (pipelines/tools.py): the text it said
+before them is spoken, the calls run at once (`ToolsCalled`), and if they have not
+all answered within `tool_filler_s` the caller hears `tool_filler` once; the results
+(`ToolsAnswered`, errors included: the model hears of a bad or failed call and
+answers anyway) go back to the model, whose follow-up is streamed and spoken as
+usual. At most `max_tool_rounds` rounds; the last request offers no tools, so the
+model has to answer in words. Cancelling the generation (a barge-in) cancels a
+pending tool round and its follow-up.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pipelines.providers.llm import TURN_TRACE, Message, ProviderTrace
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.stt import hallucination_reason
 from pipelines.sentences import SentenceSplitter, clean_for_speech
+from pipelines.tools import ToolBox, ToolCall, ToolResult
 from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
 from voice.errors import ProviderError
 from voice.scheduler import DEMAND, current_demand
@@ -62,11 +72,36 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class ToolsCalled:
+    calls: list[ToolCall]
+
+
+@dataclass(frozen=True)
+class ToolsAnswered:
+    said: str  # the reply's text before the calls (the assistant message that made them)
+    results: list[ToolResult]
+
+    def messages(self) -> list[Message]:
+        """The round as the conversation history holds it."""
+        asked: Message = {"role": "assistant", "content": self.said or None, "tool_calls": [
+            {"id": r.call.id, "type": "function",
+             "function": {"name": r.call.name, "arguments": r.call.arguments}}
+            for r in self.results]}
+        return [asked, *({"role": "tool", "tool_call_id": r.call.id, "content": r.content}
+                         for r in self.results)]
+
+
+@dataclass(frozen=True)
 class Completed:
     pass
 
 
-Output = Heard | Said | Voiced | Failed | Completed
+@dataclass(frozen=True)
+class _Unrecorded:
+    text: str  # spoken, but not part of the reply (the filler while a tool works)
+
+
+Output = Heard | Said | Voiced | Failed | ToolsCalled | ToolsAnswered | Completed
 MessagesFor = Callable[[str | None], list[Message]]  # the prompt, given the caller's words
 
 
@@ -89,12 +124,17 @@ class Generation:
     hold: asyncio.Event | None = None  # set when the reply is wanted: until then, a
     # speculation speaks its first sentence only (most are thrown away unheard)
     apology: str | None = None
+    tools: ToolBox | None = None
+    max_tool_rounds: int = 3
+    tool_filler_s: float = 0.7
+    tool_filler: str = ""
     outbox: asyncio.Queue[Output] = field(default_factory=asyncio.Queue)
     transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # STT done or failed
     heard: str | None = None
     trace: ProviderTrace = field(default_factory=ProviderTrace)  # which LLM endpoint served
     label: str = "reply"  # for the log: "turn 3"
     _first_audio: bool = True
+    _filled: bool = False  # the filler was spoken in this reply
     _plays_until: float = 0.0  # (time.monotonic) when the audio voiced so far has played
 
     async def run(self) -> None:
@@ -138,7 +178,7 @@ class Generation:
             log.warning("%s: cannot speak the apology: %s", self.label, exc)
 
     async def _generate(self, messages: list[Message]) -> None:
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        pieces: asyncio.Queue[str | _Unrecorded | None] = asyncio.Queue()
         failure: ProviderError | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -155,20 +195,58 @@ class Generation:
         if failure is not None:
             raise failure
 
-    async def _stream_llm(self, messages: list[Message], pieces: asyncio.Queue[str | None]) -> None:
+    async def _stream_llm(self, messages: list[Message],
+                          pieces: asyncio.Queue[str | _Unrecorded | None]) -> None:
         splitter = SentenceSplitter()
         TURN_TRACE.set(self.trace)  # this task's context: the LLM chain reports into it
-        async for delta in self.models.llm.stream(messages):
-            self.stamp("llm_first_token")
-            self.outbox.put_nowait(Said(delta))
-            for piece in splitter.push(delta):
+        messages = list(messages)
+        said = ""  # this reply's text so far
+        for round_ in range(self.max_tool_rounds + 1):
+            offer = self.tools.specs() if self.tools and round_ < self.max_tool_rounds else None
+            calls: list[ToolCall] = []
+            before = len(said)
+            deltas = (self.models.llm.stream(messages, offer, calls) if offer
+                      else self.models.llm.stream(messages))
+            async for delta in deltas:
+                self.stamp("llm_first_token")
+                said += delta
+                self.outbox.put_nowait(Said(delta))
+                for piece in splitter.push(delta):
+                    pieces.put_nowait(piece)
+            if not calls:
+                break
+            for piece in splitter.flush():  # what it said before asking is spoken now
                 pieces.put_nowait(piece)
+            answered = ToolsAnswered(said[before:], await self._use_tools(calls, pieces))
+            if not said:  # the first words waited for the tools
+                self.stamp("tool_result")
+            self.outbox.put_nowait(answered)
+            messages.extend(answered.messages())
         for piece in splitter.flush():
             pieces.put_nowait(piece)
 
-    async def _speak_pieces(self, pieces: asyncio.Queue[str | None]) -> None:
+    async def _use_tools(self, calls: list[ToolCall],
+                         pieces: asyncio.Queue[str | _Unrecorded | None]) -> list[ToolResult]:
+        assert self.tools is not None
+        if self.hold is not None:
+            await self.hold.wait()  # a tool acts on the world: never for a speculation
+        self.outbox.put_nowait(ToolsCalled(calls))
+        running = asyncio.ensure_future(self.tools.run_all(calls))
+        try:
+            done, _ = await asyncio.wait({running}, timeout=self.tool_filler_s)
+            if not done and self.tool_filler and not self._filled:
+                self._filled = True  # once a reply: a slow tool hears no chorus of fillers
+                pieces.put_nowait(_Unrecorded(self.tool_filler))
+            return await running
+        finally:
+            running.cancel()  # a barge-in: the tools' answers are no longer wanted
+
+    async def _speak_pieces(self, pieces: asyncio.Queue[str | _Unrecorded | None]) -> None:
         while (piece := await pieces.get()) is not None:
-            seconds = await self._voice(piece)
+            if isinstance(piece, _Unrecorded):
+                seconds = await self._voice(piece.text, record=False)
+            else:
+                seconds = await self._voice(piece)
             if self.hold is not None:
                 await self.hold.wait()  # a speculation's audio plays once it is wanted
             # the next sentence is needed when this one has played (the caller hears

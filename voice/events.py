@@ -64,6 +64,30 @@ class ResponseDone(Event):
 
 
 @dataclass(frozen=True)
+class ToolCalled(Event):
+    """The assistant called a tool (its `arguments` as the model wrote them)."""
+
+    type: ClassVar[str] = "tool.call"
+    turn_id: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolAnswered(Event):
+    """A tool's answer as the model reads it (`ok` false: the error it reads instead)."""
+
+    type: ClassVar[str] = "tool.result"
+    turn_id: int
+    call_id: str
+    name: str
+    ok: bool
+    result: str
+    ms: float
+
+
+@dataclass(frozen=True)
 class ResponseInterrupted(Event):
     type: ClassVar[str] = "response.interrupted"
     turn_id: int

@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STAMPS = ("speech_start", "speech_end", "turn_end", "stt_final", "llm_first_token",
-          "tts_first_text", "tts_first_audio", "first_audio_out")
+          "tts_first_text", "tts_first_audio", "first_audio_out", "tool_result")
+OPTIONAL = ("tool_result",)  # only in a turn whose first words waited for a tool
 
 # (stage name, stamp it ends at); each stage starts where the previous one ended
 STAGES = (
     ("endpointing_ms", "turn_end"),
     ("stt_ms", "stt_final"),
+    ("tool_ms", "tool_result"),  # the LLM asking for tools, and the tools answering
     ("llm_ms", "llm_first_token"),
     ("first_text_ms", "tts_first_text"),
     ("tts_ms", "tts_first_audio"),
@@ -41,7 +43,7 @@ class TurnTimeline:
         return stamp in self.stamps
 
     def complete(self) -> bool:
-        return all(s in self.stamps for s in STAMPS[1:])
+        return all(s in self.stamps for s in STAMPS[1:] if s not in OPTIONAL)
 
     def stages_ms(self) -> dict[str, float]:
         """Per-stage milliseconds for the stamps present; voice_to_voice_ms when complete."""

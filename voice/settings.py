@@ -30,6 +30,9 @@ def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
                  metadata={"help": help, "env": env, "secret": secret, "shown": shown})
 
 
+CALL_TOOLS = ("end_call",)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = _opt("127.0.0.1", "Address the HTTP/WebSocket server binds to.")
@@ -70,6 +73,20 @@ class Settings:
                                  env="VOICE_LLM_FALLBACK_BASE_URL")
     llm_fallback_model: str = _opt("", "Model name at the fallback endpoint (empty: llm_model).")
     llm_fallback_api_key: str = _opt("", "API key of the fallback endpoint.", secret=True)
+    # Tools the LLM may call (pipelines/tools.py)
+    tools: str = _opt("", "Python module whose @tool functions the LLM may call, e.g. "
+                      "examples.tools (empty: none).")
+    tools_file: str = _opt("", "JSON file of webhook tools the LLM may call (empty: none).")
+    tool_timeout_s: float = _opt(5.0, "Longest a tool may take (unless it sets its own); "
+                                 "then the model hears it failed.")
+    tool_filler_ms: int = _opt(700, "If a tool has not answered after this long, the caller "
+                               "hears tool_filler_message (once a reply).")
+    tool_filler_message: str = _opt("One moment.", "Said while a slow tool works.")
+    max_tool_rounds: int = _opt(3, "Tool rounds in one reply at most; then the model must "
+                                "answer in words.")
+    call_tools: str = _opt("", "Built-in call-control tools offered to the LLM, comma-"
+                           "separated: end_call (the reply finishes, then the call ends); "
+                           "empty: none.")
     # Circuit breakers, one per provider (voice/resilience.py)
     breaker_failure_ratio: float = _opt(0.1, "A provider's breaker opens when more than this "
                                         "share of its calls in the window failed ...")
@@ -286,6 +303,11 @@ class Settings:
             (self.llm != "endpoint" or bool(self.openai_base_url or self.openai_api_key),
              "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
             (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
+            (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
+            (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
+            (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
+            (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),
+             f"call_tools: choose among {', '.join(CALL_TOOLS)}"),
             (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),

@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pipelines.cascade.reply import Reply, ReplyContext
 from pipelines.providers.models import CascadeModels
+from pipelines.tools import Tool
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
 from voice.clock import Clock
 from voice.events import (
@@ -86,6 +88,8 @@ class CascadePipeline:
         self._discarded = 0
         self._final_pitch: float | None = None
         self._tasks: asyncio.TaskGroup | None = None
+        self._tools = models.tools.with_tools(self._call_tools(settings.call_tools))
+        self._end_after_reply: str | None = None  # end_call was used: why
 
     @property
     def playout(self) -> Playout:
@@ -177,6 +181,9 @@ class CascadePipeline:
             models=self._models, io=self._io, clock=self._clock, history=self.history,
             system_prompt=self._settings.system_prompt,
             no_speech_threshold=self._settings.stt_no_speech_threshold,
+            tools=self._tools, max_tool_rounds=self._settings.max_tool_rounds,
+            tool_filler_s=self._settings.tool_filler_ms / 1000,
+            tool_filler=self._settings.tool_filler_message,
             on_transcript=self._on_transcript)
         reply = Reply(self._turn_id, self._floor.joined(audio), context, timeline,
                       speculations_discarded=self._discarded)
@@ -227,10 +234,24 @@ class CascadePipeline:
     def _reply_running(self) -> bool:
         return self._active is not None and not self._active.task.done()
 
+    def _call_tools(self, names: str) -> list[Tool]:
+        """The built-in call-control tools asked for (`call_tools`)."""
+        async def end_call(arguments: dict[str, Any]) -> str:
+            self._end_after_reply = "the assistant ended the call"
+            return "The call ends once your reply has been heard: say goodbye briefly."
+
+        known = {"end_call": Tool(
+            "end_call", "Ends the call, after your reply has been heard. Use it when the "
+            "caller says goodbye or asks to hang up.",
+            {"type": "object", "properties": {}, "additionalProperties": False}, end_call)}
+        return [known[n.strip()] for n in names.split(",") if n.strip() in known]
+
     async def _guarded(self, reply: Reply) -> None:
         """A bug in one reply ends that reply with an error event, never the session."""
         try:
             await reply.run()
+            if self._end_after_reply and reply.released.is_set():
+                await self._io.hangup(self._end_after_reply)
         except Exception:
             log.exception("turn %d: reply failed", reply.turn_id)
             if not reply.released.is_set():

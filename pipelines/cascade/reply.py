@@ -26,14 +26,19 @@ from pipelines.reply_engine import (
     Heard,
     Output,
     Said,
+    ToolsAnswered,
+    ToolsCalled,
     Voiced,
 )
+from pipelines.tools import ToolBox
 from voice.audio import PIPELINE_RATE, Int16Array
 from voice.clock import Clock
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
     ResponseTextDelta,
+    ToolAnswered,
+    ToolCalled,
     TranscriptFinal,
     TurnLatency,
 )
@@ -52,6 +57,10 @@ class ReplyContext:
     history: list[Message]
     system_prompt: str
     no_speech_threshold: float
+    tools: ToolBox | None = None
+    max_tool_rounds: int = 3
+    tool_filler_s: float = 0.7
+    tool_filler: str = ""
     # told the transcript as soon as it is known (None: dropped as noise), even before
     # release: the end-of-turn policy and the barge-in judge use it
     on_transcript: Callable[[Reply, str | None], None] = lambda reply, text: None
@@ -79,6 +88,7 @@ class Reply:
     history_mark: int | None = None  # len(history) before this reply added to it
     dropped_reason: str | None = None
     text: str = ""
+    _in_history: int = 0  # how much of `text` the history holds (with a tool round)
     _spoken: list[_Spoken] = field(default_factory=list)
     _base: int | None = None
     _speculative: bool = False
@@ -90,7 +100,9 @@ class Reply:
             ctx.models, self._messages_for, self.audio, ctx.io.sample_rate,
             ctx.no_speech_threshold, on_transcript=lambda text: ctx.on_transcript(self, text),
             stamp=self._mark, gate=self.may_generate, hold=self.released, apology=APOLOGY,
-            label=f"turn {self.turn_id}")
+            label=f"turn {self.turn_id}", tools=ctx.tools or None,
+            max_tool_rounds=ctx.max_tool_rounds, tool_filler_s=ctx.tool_filler_s,
+            tool_filler=ctx.tool_filler)
 
     @property
     def generation(self) -> Generation:
@@ -135,8 +147,9 @@ class Reply:
             self._forward(item)
         if self._base is not None:
             await wait_until_played(self.ctx.io.playout, self.ctx.io.playout.enqueued_samples)
-        if self.text:
-            self.ctx.history.append({"role": "assistant", "content": self.text})
+        if self.text[self._in_history:]:
+            self.ctx.history.append({"role": "assistant",
+                                     "content": self.text[self._in_history:]})
         self.ctx.io.emit(ResponseDone(turn_id=self.turn_id, text=self.text))
 
     def _forward(self, item: Output) -> None:
@@ -154,6 +167,17 @@ class Reply:
             self._play(item)
         elif isinstance(item, Failed):
             io.emit(ErrorOccurred(code=item.error.code, message=item.error.message))
+        elif isinstance(item, ToolsCalled):
+            for call in item.calls:
+                io.emit(ToolCalled(turn_id=self.turn_id, call_id=call.id, name=call.name,
+                                   arguments=call.arguments))
+        elif isinstance(item, ToolsAnswered):
+            for result in item.results:
+                io.emit(ToolAnswered(turn_id=self.turn_id, call_id=result.call.id,
+                                     name=result.call.name, ok=result.ok,
+                                     result=result.content, ms=round(result.ms, 1)))
+            self.ctx.history.extend(item.messages())
+            self._in_history = len(self.text)
 
     def _play(self, item: Voiced) -> None:
         playout = self.ctx.io.playout

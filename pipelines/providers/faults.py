@@ -24,6 +24,7 @@ from pipelines.providers.llm import LanguageModel, Message
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.stt import SpeechToText, Transcript
 from pipelines.providers.tts import TextToSpeech
+from pipelines.tools import ToolCall
 from voice.audio import Int16Array
 from voice.errors import ConfigError
 
@@ -70,9 +71,10 @@ class DelayedSTT(_Delegating):
 
 
 class DelayedLLM(_Delegating):
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                     calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         await asyncio.sleep(self._delay_s)
-        async for delta in self._inner.stream(messages):
+        async for delta in self._inner.stream(messages, tools, calls):
             yield delta
 
 

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 import openai
 
+from pipelines.tools import ToolCall
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from voice.redact import redact_url
 from voice.resilience import CircuitBreaker, retry_after_s
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role and content; an assistant's tool_calls, a tool's reply
 
 
 @dataclass
@@ -57,7 +58,11 @@ TURN_TRACE: ContextVar[ProviderTrace | None] = ContextVar("turn_trace", default=
 class LanguageModel(Protocol):
     name: str
 
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+               calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
+        """The reply's text deltas. With `tools`, the model may ask for tool calls
+        instead of (or after) text: they are appended to `calls` when the stream ends."""
+        ...
 
 
 class OpenAIChat:
@@ -79,13 +84,16 @@ class OpenAIChat:
         self._max_tokens = max_tokens
         self.name = f"openai-compatible:{redact_url(base_url or '') or 'api.openai.com'}:{model}"
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                     calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         clock = _ReplyClock(self._first_token_timeout_s, self._timeout_s, self._reply_timeout_s)
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        wanted = _ToolCallParts()
         try:
             async with asyncio.timeout(clock.wait()):
                 response: Any = await self._client.chat.completions.create(
                     model=self._model, messages=messages,  # type: ignore[arg-type]
-                    stream=True, max_tokens=self._max_tokens)
+                    stream=True, max_tokens=self._max_tokens, **extra)
             try:
                 iterator = aiter(response)
                 while True:
@@ -96,6 +104,8 @@ class OpenAIChat:
                     if text := _content(chunk):
                         clock.first = False
                         yield text
+                    if tools and wanted.push(chunk):
+                        clock.first = False
             finally:
                 await response.close()
         except TimeoutError as exc:
@@ -108,6 +118,8 @@ class OpenAIChat:
         if clock.first:
             raise ProviderError("LLM answered with no text (not a chat completion stream?)",
                                 provider=self.name, code="llm_bad_output")
+        if calls is not None:
+            calls.extend(wanted.calls())
 
     async def close(self) -> None:
         await self._client.close()
@@ -135,6 +147,38 @@ class _ReplyClock:
             return f"LLM reply took longer than {self._reply_s:g} s"
         return (f"LLM gave no {'first ' if self.first else ''}token within "
                 f"{self._last_wait:g} s")
+
+
+class _ToolCallParts:
+    """Tool calls assembled from a stream's deltas: each call's id and name come once,
+    its arguments in pieces, several calls told apart by their index."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def push(self, chunk: Any) -> bool:
+        """Takes a chunk's tool call deltas; whether it had any."""
+        choices = getattr(chunk, "choices", None) or []
+        delta = getattr(choices[0], "delta", None) if choices else None
+        deltas = getattr(delta, "tool_calls", None) or []
+        for d in deltas:
+            index = d.index if isinstance(getattr(d, "index", None), int) else len(self._parts)
+            part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            function = getattr(d, "function", None)
+            call_id = getattr(d, "id", None)
+            name = getattr(function, "name", None)
+            arguments = getattr(function, "arguments", None)
+            if isinstance(call_id, str):
+                part["id"] = call_id
+            if isinstance(name, str):
+                part["name"] += name
+            if isinstance(arguments, str):
+                part["arguments"] += arguments
+        return bool(deltas)
+
+    def calls(self) -> list[ToolCall]:
+        return [ToolCall(p["id"] or f"call_{i}", p["name"], p["arguments"])
+                for i, p in sorted(self._parts.items())]
 
 
 def _content(chunk: Any) -> str:
@@ -165,7 +209,8 @@ class EchoResponder:
 
     name = "echo (--llm echo)"
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                     calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         heard = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         heard = heard.strip().rstrip(".?!")
         reply = f"You said: {heard}." if heard else "I did not catch that."
@@ -197,7 +242,8 @@ class LLMChain:
         self.endpoints = list(endpoints)
         self.name = self.endpoints[0].model.name
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                     calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         said = ""  # produced so far in this turn, by any endpoint
         trace = TURN_TRACE.get() or ProviderTrace()
         reasons = trace.fallbacks
@@ -214,7 +260,7 @@ class LLMChain:
                 {"role": "system", "content": CONTINUE_PROMPT}]
             repeat = RepeatFilter(said)
             try:
-                async for delta in model.stream(asked):
+                async for delta in model.stream(asked, tools, calls):
                     text = repeat.push(delta)
                     if text:
                         said += text

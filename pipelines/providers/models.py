@@ -1,13 +1,15 @@
-"""The cascade's three models as one value: loaded once by `registry.load_models()` and
-shared by every session (and slowed down by `faults`, for tests)."""
+"""The cascade's three models as one value, with the tools the LLM may call: loaded once
+by `registry.load_models()` and shared by every session (and slowed down by `faults`,
+for tests)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines.providers.llm import LanguageModel
 from pipelines.providers.stt import SpeechToText
 from pipelines.providers.tts import TextToSpeech
+from pipelines.tools import ToolBox
 
 
 @dataclass
@@ -15,3 +17,4 @@ class CascadeModels:
     stt: SpeechToText
     llm: LanguageModel
     tts: TextToSpeech
+    tools: ToolBox = field(default_factory=lambda: ToolBox([]))

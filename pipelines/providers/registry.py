@@ -13,6 +13,7 @@ from pipelines.providers.models import CascadeModels
 from pipelines.providers.remote import RemoteSTT, RemoteTTS
 from pipelines.providers.stt import SpeechToText, WhisperSTT
 from pipelines.providers.tts import PiperTTS, TextToSpeech
+from pipelines.tools import ToolBox, load_module, load_webhooks
 from voice.errors import ConfigError, ProviderError
 from voice.redact import redact_url
 from voice.resilience import BreakerPolicy, CircuitBreaker
@@ -78,11 +79,25 @@ def load_models(settings: Settings) -> CascadeModels:
     llm = build_llm(settings)
     log.info("language model: %s", llm.name)
     warm_up(stt, tts)
-    models = CascadeModels(stt=stt, llm=llm, tts=tts)
+    models = CascadeModels(stt=stt, llm=llm, tts=tts, tools=load_tools(settings))
     if settings.debug_stage_delay:  # testing only: pipelines/providers/faults.py
         from pipelines.providers.faults import delayed
         models = delayed(models, settings.debug_stage_delay)
     return models
+
+
+def load_tools(settings: Settings) -> ToolBox:
+    """The tools every session's LLM may call: the `--tools` module's, the
+    `--tools-file` webhooks."""
+    found = []
+    if settings.tools:
+        found += load_module(settings.tools)
+    if settings.tools_file:
+        found += load_webhooks(settings.tools_file)
+    box = ToolBox(found, settings.tool_timeout_s)
+    if box:
+        log.info("tools: %s", ", ".join(box.tools))
+    return box
 
 
 def warm_up(stt: SpeechToText, tts: TextToSpeech) -> None:

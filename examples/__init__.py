@@ -1,0 +1,1 @@
+"""Examples to start from: `examples.tools` is a tools module for `--tools`."""
