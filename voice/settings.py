@@ -62,6 +62,10 @@ class Settings:
     llm_timeout_s: float = _opt(8.0, "Seconds to wait for the LLM's first token (and between "
                                 "tokens) before the turn ends with an apology.")
     llm_max_tokens: int = _opt(300, "Upper bound on reply tokens.")
+    llm_history_tokens: int = _opt(3000, "Conversation history the LLM reads, in tokens "
+                                   "(about 4 characters each): past it the oldest turns "
+                                   "are left out; the system prompt and the newest turn "
+                                   "always stay.")
     llm_first_token_timeout_s: float = _opt(
         3.0, "Seconds an LLM endpoint may take to its first token before the turn moves to "
         "the fallback endpoint (at most llm_timeout_s).")
@@ -304,6 +308,7 @@ class Settings:
              "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
             (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
             (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
+            (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
             (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
             (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
             (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),

@@ -38,6 +38,7 @@ from apis.openai_realtime.responses import (
     event,
 )
 from apis.openai_realtime.session_config import RATE, SessionConfig, TurnDetection, apply_update
+from pipelines.context import fit
 from pipelines.providers.models import CascadeModels
 from pipelines.reply_engine import Generation, transcribe
 from voice.audio import Int16Array
@@ -333,7 +334,8 @@ class RealtimeApiConnection:
 
         def messages_for(heard: str | None) -> list[Message]:
             messages = self._conversation.messages(prompt, skip=item_id)
-            return messages + ([{"role": "user", "content": heard}] if heard else [])
+            asked = messages + ([{"role": "user", "content": heard}] if heard else [])
+            return fit(asked, self._settings.llm_history_tokens)
 
         generation = Generation(
             self._models, messages_for, audio, RATE, self._settings.stt_no_speech_threshold,

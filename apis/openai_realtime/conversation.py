@@ -4,6 +4,10 @@ Sans-I/O. Items keep text only (our models are text in the middle): a user audio
 item holds its transcript once known, an assistant audio item the words of its audio.
 `conversation.item.truncate` cuts an assistant item's words in proportion to the
 audio kept, so the model never "remembers" saying what the caller did not hear.
+
+A long session keeps its newest `MAX_ITEMS` items (older ones are forgotten, and
+events naming them get `item_not_found`); what the LLM reads of them is further cut
+to the token budget (pipelines/context.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from voice.audio import OPENAI_PCM_RATE
 from wire.openai_realtime.client_events import RealtimeApiError, unsupported
 
 Message = dict[str, str]
+MAX_ITEMS = 1000
 
 _USER_PARTS = {"input_text": "text", "input_audio": "transcript"}
 _ASSISTANT_PARTS = {"output_text": "text", "text": "text", "output_audio": "transcript",
@@ -73,6 +78,8 @@ class Conversation:
         if self.get(item.id) is not None:
             raise RealtimeApiError(f"Item with id '{item.id}' already exists.",
                                    code="item_already_exists", param="item.id")
+        if len(self.items) >= MAX_ITEMS:
+            del self.items[0]  # the oldest: long out of the LLM's budget by now
         if previous_item_id is None:
             previous = self.last_id()
             self.items.append(item)

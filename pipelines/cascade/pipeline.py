@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.cascade.reply import Reply, ReplyContext
+from pipelines.context import keep_from
 from pipelines.providers.models import CascadeModels
 from pipelines.tools import Tool
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
@@ -81,7 +82,7 @@ class CascadePipeline:
                             PIPELINE_RATE, config.max_turn_s)
         self._audio: LatestQueue[tuple[Int16Array, int]] = LatestQueue(
             AUDIO_QUEUE_ITEMS, "caller audio")
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
         self._turn_id = 0
         self._speculation: _Running | None = None
         self._active: _Running | None = None
@@ -181,6 +182,7 @@ class CascadePipeline:
             models=self._models, io=self._io, clock=self._clock, history=self.history,
             system_prompt=self._settings.system_prompt,
             no_speech_threshold=self._settings.stt_no_speech_threshold,
+            history_tokens=self._settings.llm_history_tokens,
             tools=self._tools, max_tool_rounds=self._settings.max_tool_rounds,
             tool_filler_s=self._settings.tool_filler_ms / 1000,
             tool_filler=self._settings.tool_filler_message,
@@ -250,6 +252,9 @@ class CascadePipeline:
         """A bug in one reply ends that reply with an error event, never the session."""
         try:
             await reply.run()
+            # what the LLM will never read again leaves memory too (the budget is
+            # counted without the system prompt: a little more is kept than read)
+            del self.history[:keep_from(self.history, self._settings.llm_history_tokens)]
             if self._end_after_reply and reply.released.is_set():
                 await self._io.hangup(self._end_after_reply)
         except Exception:
@@ -288,8 +293,10 @@ class CascadePipeline:
         self._io.playout.clear()
         await _cancel(running)
         reply = running.reply
-        if forget and reply.history_mark is not None:
-            del self.history[reply.history_mark:]
+        if forget and reply.asked is not None:
+            at = next((i for i, m in enumerate(self.history) if m is reply.asked), None)
+            if at is not None:
+                del self.history[at:]
         elif reply.user_text is not None and played_text:
             self.history.append({"role": "assistant", "content": played_text})
         self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipelines.context import fit
 from pipelines.providers.llm import Message
 from pipelines.providers.models import CascadeModels
 from pipelines.reply_engine import (
@@ -57,6 +58,7 @@ class ReplyContext:
     history: list[Message]
     system_prompt: str
     no_speech_threshold: float
+    history_tokens: int = 3000  # of the history the LLM reads (pipelines/context.py)
     tools: ToolBox | None = None
     max_tool_rounds: int = 3
     tool_filler_s: float = 0.7
@@ -85,10 +87,11 @@ class Reply:
     # history that the verdict (barge-in or continuation) is about to change
     may_generate: asyncio.Event = field(default_factory=asyncio.Event)
     user_text: str | None = None
-    history_mark: int | None = None  # len(history) before this reply added to it
+    asked: Message | None = None  # the user message this reply added to the history
     dropped_reason: str | None = None
     text: str = ""
     _in_history: int = 0  # how much of `text` the history holds (with a tool round)
+    _failed: bool = False
     _spoken: list[_Spoken] = field(default_factory=list)
     _base: int | None = None
     _speculative: bool = False
@@ -131,8 +134,8 @@ class Reply:
 
     def _messages_for(self, heard: str | None) -> list[Message]:
         """Read after the gate opens: the history as the verdict left it."""
-        return [{"role": "system", "content": self.ctx.system_prompt}, *self.ctx.history,
-                {"role": "user", "content": heard or ""}]
+        return fit([{"role": "system", "content": self.ctx.system_prompt}, *self.ctx.history,
+                    {"role": "user", "content": heard or ""}], self.ctx.history_tokens)
 
     # -- delivery (after release) ----------------------------------------------------
     async def _deliver(self) -> None:
@@ -150,14 +153,18 @@ class Reply:
         if self.text[self._in_history:]:
             self.ctx.history.append({"role": "assistant",
                                      "content": self.text[self._in_history:]})
+        elif self._failed and self.asked is not None and not self._in_history:
+            # the caller heard the apology: so does the model, and the next user
+            # message does not follow this one unanswered
+            self.ctx.history.append({"role": "assistant", "content": APOLOGY})
         self.ctx.io.emit(ResponseDone(turn_id=self.turn_id, text=self.text))
 
     def _forward(self, item: Output) -> None:
         io = self.ctx.io
         if isinstance(item, Heard) and item.text is not None:
             self.user_text = item.text
-            self.history_mark = len(self.ctx.history)
-            self.ctx.history.append({"role": "user", "content": item.text})
+            self.asked = {"role": "user", "content": item.text}
+            self.ctx.history.append(self.asked)
             io.emit(TranscriptFinal(turn_id=self.turn_id, text=item.text,
                                     audio_ms=len(self.audio) * 1000 // PIPELINE_RATE))
         elif isinstance(item, Said):
@@ -166,6 +173,7 @@ class Reply:
         elif isinstance(item, Voiced):
             self._play(item)
         elif isinstance(item, Failed):
+            self._failed = True
             io.emit(ErrorOccurred(code=item.error.code, message=item.error.message))
         elif isinstance(item, ToolsCalled):
             for call in item.calls:

@@ -74,7 +74,9 @@ class DelayedLLM(_Delegating):
     async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
                      calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         await asyncio.sleep(self._delay_s)
-        async for delta in self._inner.stream(messages, tools, calls):
+        inner = (self._inner.stream(messages, tools, calls) if tools
+                 else self._inner.stream(messages))
+        async for delta in inner:
             yield delta
 
 

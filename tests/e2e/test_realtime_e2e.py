@@ -23,6 +23,7 @@ import tests.e2e.conftest as e2e
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
+from pipelines.context import prompt_tokens
 from pipelines.providers.stt import WhisperSTT
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
@@ -338,3 +339,28 @@ async def test_realtime_pipeline_keypad_zero_speaks_the_goodbye_and_hangs_up(
 
 async def test_the_key_never_reaches_the_log(service: RunningService) -> None:
     assert "sk-test-key-123" not in service.log()
+
+
+async def test_a_200_turn_session_reads_a_prompt_that_levels_off(
+        service: RunningService, fresh_llm: LLMServer) -> None:
+    """/v1/realtime keeps what the LLM reads within llm_history_tokens (3000): the
+    prompt grows with the first turns, then stays level; the system prompt and the
+    newest question are always there."""
+    fresh_llm.behaviour.reply = "A reply of some twenty words, " * 4
+    sizes = []
+    async with realtime(service) as connection:
+        await until(connection, "session.created")
+        for n in range(200):
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": f"Question {n}, if you please."}]})
+            await connection.response.create(response={"output_modalities": ["text"]})
+            await until(connection, "response.done")
+            messages = fresh_llm.requests[-1]["messages"]
+            assert messages[0]["role"] == "system"
+            assert messages[-1]["content"] == f"Question {n}, if you please."
+            sizes.append(prompt_tokens(messages))
+    print(f"prompt tokens at turns 1, 10, 50, 100, 200: "
+          f"{[sizes[i] for i in (0, 9, 49, 99, 199)]}")
+    assert sizes[9] > sizes[0] and max(sizes) <= 3000
+    assert max(sizes[100:]) - min(sizes[100:]) < 100  # level: one turn's worth at most

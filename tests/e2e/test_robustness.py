@@ -13,6 +13,7 @@ import websockets
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import ErrorStatus, Garbage, Hang, LLMServer
 from pipelines.providers.stt import WhisperSTT
+from pipelines.reply_engine import APOLOGY
 from tests.conftest import word_recall
 from tests.e2e.conftest import (
     SERVICE_ENV,
@@ -138,13 +139,14 @@ async def test_llm_failure_gives_spoken_apology_and_next_turn_works(
         assert len(client.events_of("error")) == 1
         later = [c.samples for c in client.record.audio[mark:]]
         assert later, "no reply audio on the turn after the failure"
-        # the failed turn is in the history only as far as the caller heard it
+        # the failed turn is in the history as the caller heard it: the words that came
+        # before the failure, else the apology (never two user messages in a row)
         history = fresh_llm.requests[-1]["messages"]
+        assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
         if failure in ("garbage stream", "a token every 4 s"):  # a word came, then the failure
-            assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
             assert history[2]["content"].split()[0] in ("Sure.", "Why")
         else:
-            assert [m["role"] for m in history] == ["system", "user", "user"]
+            assert history[2]["content"] == APOLOGY
 
 
 async def test_sigint_closes_open_sessions_with_1001_at_once(
