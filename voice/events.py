@@ -30,6 +30,14 @@ class SessionCreated(Event):
 
 
 @dataclass(frozen=True)
+class SessionUpdated(Event):
+    """The session's settings after a client's `session.update` (all of them)."""
+
+    type: ClassVar[str] = "session.updated"
+    session: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class SpeechStarted(Event):
     type: ClassVar[str] = "speech.started"
     turn_id: int

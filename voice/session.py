@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from voice.audio import Int16Array
 from voice.clock import Clock
 from voice.errors import VoiceError
-from voice.events import DtmfReceived, ErrorOccurred, Event, Pong
+from voice.events import DtmfReceived, ErrorOccurred, Event, Pong, SessionUpdated
 from voice.logs import SESSION_ID
 from voice.playout import Playout
 from voice.scheduler import DEMAND, Demand
@@ -51,6 +51,12 @@ class Pipeline(Protocol):
         ...
 
     async def handle_dtmf(self, digit: str) -> None: ...
+
+    def update_session(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Apply a client's `session.update` (fields checked for shape), all of it or
+        none: a `VoiceError` names the field refused. Returns the session settings as
+        they now are."""
+        ...
 
 
 GOODBYE_TIMEOUT_S = 15.0  # longest a goodbye may take to be heard
@@ -152,6 +158,13 @@ class Session:
             await self.pipeline.interrupt("client_cancel")
         elif kind == "dtmf":
             await self.on_dtmf(str(data["digit"]))
+        elif kind == "session.update" and self.pipeline is not None:
+            try:
+                current = self.pipeline.update_session(data["session"])
+            except VoiceError as exc:
+                self.emit(ErrorOccurred(code=exc.code, message=exc.message))
+            else:
+                self.emit(SessionUpdated(session=current))
         return kind == "session.end"
 
     async def on_dtmf(self, digit: str) -> None:

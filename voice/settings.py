@@ -88,6 +88,9 @@ class Settings:
     tool_filler_message: str = _opt("One moment.", "Said while a slow tool works.")
     max_tool_rounds: int = _opt(3, "Tool rounds in one reply at most; then the model must "
                                 "answer in words.")
+    client_settings: str = _opt("instructions,tools,turn_preset", "Session settings a "
+                                "client may change with session.update (of instructions, "
+                                "tools, turn_preset); empty: none.")
     call_tools: str = _opt("", "Built-in call-control tools offered to the LLM, comma-"
                            "separated: end_call (the reply finishes, then the call ends); "
                            "empty: none.")
@@ -309,6 +312,9 @@ class Settings:
             (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
             (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
             (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
+            (all(f.strip() in ("instructions", "tools", "turn_preset")
+                 for f in self.client_settings.split(",") if f.strip()),
+             "client_settings: choose among instructions, tools, turn_preset"),
             (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
             (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
             (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),

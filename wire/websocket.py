@@ -29,7 +29,12 @@ CLOSE_TOO_LARGE = 1009  # a message over max_message_bytes
 CLOSE_TRY_AGAIN = 1013  # at capacity (when the handshake check was raced)
 CLOSE_IDLE = 4008  # the client sent nothing for idle_timeout_s
 
-CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end", "dtmf"})
+CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end", "dtmf",
+                                  "session.update"})
+# what `session.update` may carry, and the checks of its shape (its values are checked
+# by the pipeline, which knows the tools and presets)
+SESSION_FIELDS = ("instructions", "tools", "turn_preset")
+MAX_INSTRUCTIONS_CHARS = 20_000
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -98,7 +103,38 @@ def _parse_control(text: str) -> ControlMessage:
     digit = data.get("digit")
     if data["type"] == "dtmf" and not (isinstance(digit, str) and digit in DTMF_DIGITS):
         raise ProtocolError("dtmf needs 'digit': one of 0-9, *, #, A-D", code="invalid_message")
+    if data["type"] == "session.update":
+        return ControlMessage(type="session.update",
+                              data={"session": parse_session_fields(data.get("session"))})
     return ControlMessage(type=data["type"], data=data)
+
+
+def parse_session_fields(session: Any) -> dict[str, Any]:
+    """The fields of a `session.update`, their types checked; a `ProtocolError`
+    (`invalid_session_update`) names the first field that is wrong."""
+    def wrong(message: str) -> ProtocolError:
+        return ProtocolError(message, code="invalid_session_update")
+
+    if not isinstance(session, dict) or not session:
+        raise wrong("session.update needs 'session': an object of the fields to change "
+                    f"({', '.join(SESSION_FIELDS)})")
+    for name in session:
+        if name not in SESSION_FIELDS:
+            raise wrong(f"unknown session field {str(name)[:40]!r}; known: "
+                        f"{', '.join(SESSION_FIELDS)}")
+    instructions = session.get("instructions")
+    if "instructions" in session and not (
+            isinstance(instructions, str) and 0 < len(instructions) <= MAX_INSTRUCTIONS_CHARS):
+        raise wrong(f"session.instructions must be a string of 1-{MAX_INSTRUCTIONS_CHARS} "
+                    "characters")
+    tools = session.get("tools")
+    if "tools" in session and not (isinstance(tools, list) and len(tools) <= 128
+                                   and all(isinstance(t, str) and len(t) <= 64 for t in tools)):
+        raise wrong("session.tools must be a list of tool names")
+    preset = session.get("turn_preset")
+    if "turn_preset" in session and not (isinstance(preset, str) and len(preset) <= 40):
+        raise wrong("session.turn_preset must be a string")
+    return dict(session)
 
 
 def encode_event(event: Event) -> str:

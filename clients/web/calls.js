@@ -3,7 +3,8 @@
 //   const call = await RtcCall.open(options)  or  await WsCall.open(options)
 //   call.interrupt()   stop the assistant's audio now (response.interrupted)
 //   call.resume()      let reply audio play again (the next turn)
-//   call.send(object)  a client message (ping, response.cancel, session.end, dtmf)
+//   call.send(object)  a client message (ping, response.cancel, session.end, dtmf,
+//                      session.update)
 //   call.close()
 //
 // options: { server, mic (MediaStream), context (AudioContext), replyMeter (AnalyserNode),

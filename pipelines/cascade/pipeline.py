@@ -32,6 +32,7 @@ from pipelines.providers.models import CascadeModels
 from pipelines.tools import Tool
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
 from voice.clock import Clock
+from voice.errors import ConfigError
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
@@ -54,6 +55,7 @@ from voice.turntaking.detector import (
     TurnEvent,
     TurnStarted,
 )
+from voice.turntaking.endpointing import TURN_PRESETS
 from voice.turntaking.floor import Floor, Verdict
 from voice.turntaking.listener import STARVATION_S, Listener, TurnConfig
 from voice.turntaking.prosody import final_pitch_ratio
@@ -89,7 +91,10 @@ class CascadePipeline:
         self._discarded = 0
         self._final_pitch: float | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._tools = models.tools.with_tools(self._call_tools(settings.call_tools))
+        self._builtin = self._call_tools(settings.call_tools)
+        self._tools = models.tools.with_tools(self._builtin)
+        self._system_prompt = settings.system_prompt
+        self._preset = settings.turn_preset
         self._end_after_reply: str | None = None  # end_call was used: why
 
     @property
@@ -180,7 +185,7 @@ class CascadePipeline:
         timeline.mark("speech_end", speech_end_ns)
         context = ReplyContext(
             models=self._models, io=self._io, clock=self._clock, history=self.history,
-            system_prompt=self._settings.system_prompt,
+            system_prompt=self._system_prompt,
             no_speech_threshold=self._settings.stt_no_speech_threshold,
             history_tokens=self._settings.llm_history_tokens,
             tools=self._tools, max_tool_rounds=self._settings.max_tool_rounds,
@@ -235,6 +240,41 @@ class CascadePipeline:
 
     def _reply_running(self) -> bool:
         return self._active is not None and not self._active.task.done()
+
+    def update_session(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A client's `session.update`: checked whole, then applied (voice.session)."""
+        allowed = {f.strip() for f in self._settings.client_settings.split(",")}
+        for name in fields:
+            if name not in allowed:
+                raise ConfigError(f"session.{name} is set by the service and cannot be "
+                                  "changed by a client", code="setting_locked")
+        tools = self._tools
+        if "tools" in fields:
+            unknown = [t for t in fields["tools"] if t not in self._models.tools.tools
+                       and t not in {b.name for b in self._builtin}]
+            if unknown:
+                raise ConfigError(f"session.tools: no tool named {unknown[0][:64]!r}; the "
+                                  f"tools are: {', '.join(self._all_tool_names()) or 'none'}",
+                                  code="invalid_session_update")
+            tools = self._models.tools.with_tools(self._builtin).subset(fields["tools"])
+        preset = fields.get("turn_preset", self._preset)
+        if preset not in TURN_PRESETS:
+            raise ConfigError(f"session.turn_preset: one of {', '.join(TURN_PRESETS)}",
+                              code="invalid_session_update")
+        self._tools = tools  # all checked: now applied, together
+        if preset != self._preset:
+            self._listener.use_preset(preset)
+            self._preset = preset
+        self._system_prompt = fields.get("instructions", self._system_prompt)
+        log.info("session updated: %s", ", ".join(sorted(fields)))
+        return self.session_settings()
+
+    def session_settings(self) -> dict[str, Any]:
+        return {"instructions": self._system_prompt, "tools": list(self._tools.tools),
+                "turn_preset": self._preset}
+
+    def _all_tool_names(self) -> list[str]:
+        return [*self._models.tools.tools, *(b.name for b in self._builtin)]
 
     def _call_tools(self, names: str) -> list[Tool]:
         """The built-in call-control tools asked for (`call_tools`)."""

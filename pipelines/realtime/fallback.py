@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from voice.audio import Int16Array
 from voice.events import Event, TurnLatency
@@ -32,6 +32,8 @@ class Fallback(Protocol):
     async def announce(self, text: str) -> None: ...
 
     async def handle_dtmf(self, digit: str) -> None: ...
+
+    def update_session(self, fields: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class FallbackIO:

@@ -48,7 +48,7 @@ from pipelines.realtime.provider_reply import ProviderReply
 from pipelines.realtime.provider_turns import ProviderTurns
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.clock import Clock
-from voice.errors import ProviderError, VoiceError
+from voice.errors import ConfigError, ProviderError, VoiceError
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
@@ -202,6 +202,12 @@ class RealtimePipeline:
         self._conversation.remember("assistant", text)
         await self._link.send(ce.text_item_create("assistant", text))
         self._io.emit(ResponseDone(turn_id=self._turn_id, text=text))
+
+    def update_session(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if self._delegate is not None:  # fallen back to the cascade: it takes them
+            return self._delegate.update_session(fields)
+        raise ConfigError("session.update is not supported by the realtime pipeline yet: "
+                          "its settings are the service's (--realtime-*)", code="unsupported")
 
     async def handle_dtmf(self, digit: str) -> None:
         if self._delegate is not None:

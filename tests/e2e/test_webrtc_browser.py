@@ -239,6 +239,7 @@ async def test_a_lost_connection_is_reported_and_restored(
 
 
 SERVER_KEY = "page-server-key-0123456789"
+INSTRUCTIONS = "You are the help line of Acme Bank. Be brief."
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +269,8 @@ class PageServer:
         credential = 'token-url="/token"' if self.token_url else ""
         return (f'<!doctype html><html><body><script type="module" '
                 f'src="/widget/voice-widget.js"></script><voice-widget '
-                f'server="{self.service_url}" {credential}></voice-widget></body></html>')
+                f'server="{self.service_url}" {credential} instructions="{INSTRUCTIONS}" '
+                f'turn-preset="patient"></voice-widget></body></html>')
 
     def mint(self) -> bytes:
         request = urllib.request.Request(
@@ -313,7 +315,8 @@ async def test_a_widget_on_the_operators_page_connects_with_a_minted_client_secr
         keyed_service: tuple[RunningService, int], fresh_llm: LLMServer, tmp_path: Path,
         utterances: dict[str, dict[str, str]]) -> None:
     """Without a credential the widget is refused and says so; with `token-url` it gets
-    a one-use client secret from the page's server and holds a conversation."""
+    a one-use client secret from the page's server and holds a conversation, with the
+    instructions and turn-taking preset given on its tag."""
     service, api_port = keyed_service
     reply = "Your account is in good order."
     fresh_llm.behaviour.reply = reply
@@ -334,6 +337,8 @@ async def test_a_widget_on_the_operators_page_connects_with_a_minted_client_secr
     assert assistant == f"Assistant: {reply}"
     assert page["replyPeakDb"] > -30, page
     assert len(site.minted) == 1  # one connection, one secret
+    # the page's session settings reached the service (session.update on connect)
+    assert fresh_llm.requests[-1]["messages"][0]["content"] == INSTRUCTIONS
     log = service.log()
     assert "refused /rtc from 127.0.0.1: missing credential" in log
     assert site.minted[0] not in log and SERVER_KEY not in log

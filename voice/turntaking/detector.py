@@ -127,6 +127,9 @@ class TurnDetector:
         self._peak_db: float | None = None
         self._fillers = 0  # trailing frames of self._frames that are push_filler's
 
+    def use_policy(self, policy: EndOfTurnPolicy) -> None:
+        self._policy = policy
+
     @property
     def in_turn(self) -> bool:
         return self._in_turn

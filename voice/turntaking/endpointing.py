@@ -56,6 +56,7 @@ PRESETS = {
     "default": Preset(min_wait_ms=200, max_wait_ms=1000),
     "patient": Preset(min_wait_ms=800, max_wait_ms=1600),
 }
+TURN_PRESETS = (*PRESETS, "fixed")  # "fixed": silence_ms, whatever was said
 
 
 EAGER_MAX_WAIT_MS = 500  # semantic VAD with eagerness "high": the longest wait

@@ -12,6 +12,7 @@ passes the speculative transcript and the final pitch on to the policy.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,14 @@ class Listener:
                                       config.max_turn_s, onset_ms=config.barge_in_pause_ms)
         self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
+
+    def use_preset(self, preset: str) -> None:
+        """Another end-of-turn preset from the next frame on (a client's
+        `session.update`); what was learnt of the caller's pauses is kept."""
+        self.config = dataclasses.replace(self.config, turn_preset=preset)
+        self._detector.use_policy(build_policy(
+            preset, self.config.min_wait_ms, self.config.max_wait_ms, self.config.silence_ms,
+            self.pauses))
 
     @property
     def in_turn(self) -> bool:
