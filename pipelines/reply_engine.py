@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.providers.llm import TURN_TRACE, Message, ProviderTrace
 from pipelines.providers.models import CascadeModels
@@ -125,6 +126,9 @@ class Generation:
     # speculation speaks its first sentence only (most are thrown away unheard)
     apology: str | None = None
     tools: ToolBox | None = None
+    # tools the client runs (/v1/realtime's function tools), in the Chat Completions
+    # form: calls the model makes end the generation with `ToolsCalled`
+    client_tools: list[dict[str, Any]] | None = None
     max_tool_rounds: int = 3
     tool_filler_s: float = 0.7
     tool_filler: str = ""
@@ -203,6 +207,8 @@ class Generation:
         said = ""  # this reply's text so far
         for round_ in range(self.max_tool_rounds + 1):
             offer = self.tools.specs() if self.tools and round_ < self.max_tool_rounds else None
+            if self.client_tools:
+                offer = self.client_tools
             calls: list[ToolCall] = []
             before = len(said)
             deltas = (self.models.llm.stream(messages, offer, calls) if offer
@@ -217,6 +223,9 @@ class Generation:
                 break
             for piece in splitter.flush():  # what it said before asking is spoken now
                 pieces.put_nowait(piece)
+            if self.client_tools:  # the client runs them, and asks for the follow-up
+                self.outbox.put_nowait(ToolsCalled(calls))
+                return
             answered = ToolsAnswered(said[before:], await self._use_tools(calls, pieces))
             if not said:  # the first words waited for the tools
                 self.stamp("tool_result")

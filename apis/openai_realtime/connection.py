@@ -340,7 +340,8 @@ class RealtimeApiConnection:
         generation = Generation(
             self._models, messages_for, audio, RATE, self._settings.stt_no_speech_threshold,
             speak="audio" in self.config.output_modalities if speak is None else speak,
-            speech_end=speech_end, on_transcript=on_transcript, label=f"realtime api {self.id}")
+            speech_end=speech_end, on_transcript=on_transcript, label=f"realtime api {self.id}",
+            client_tools=self.config.chat_tools())
         assert self._tasks is not None
         task = self._tasks.create_task(self._after_transcriptions(generation),
                                        name=f"{self.id}-generation")

@@ -19,8 +19,9 @@ from typing import Any
 from voice.audio import OPENAI_PCM_RATE
 from wire.openai_realtime.client_events import RealtimeApiError, unsupported
 
-Message = dict[str, str]
+Message = dict[str, Any]
 MAX_ITEMS = 1000
+MAX_TOOL_OUTPUT_CHARS = 32_000
 
 _USER_PARTS = {"input_text": "text", "input_audio": "transcript"}
 _ASSISTANT_PARTS = {"output_text": "text", "text": "text", "output_audio": "transcript",
@@ -40,6 +41,11 @@ class Item:
     status: str = "completed"
     audio_samples: int = 0  # an assistant item's audio, at 24 kHz
     truncated_ms: int | None = None
+    # a function_call item (the model asks the client to run a tool): its call; a
+    # function_call_output item (the client's answer): call_id, and the output in text
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
 
     @property
     def audio_ms(self) -> int:
@@ -51,6 +57,13 @@ class Item:
         return [{"type": self.kind, "text": self.text or ""}]
 
     def to_wire(self) -> dict[str, Any]:
+        if self.kind == "function_call":
+            return {"id": self.id, "object": "realtime.item", "type": "function_call",
+                    "status": self.status, "call_id": self.call_id, "name": self.name,
+                    "arguments": self.arguments}
+        if self.kind == "function_call_output":
+            return {"id": self.id, "object": "realtime.item", "type": "function_call_output",
+                    "status": self.status, "call_id": self.call_id, "output": self.text or ""}
         return {"id": self.id, "object": "realtime.item", "type": "message",
                 "status": self.status, "role": self.role, "content": self.content()}
 
@@ -110,15 +123,73 @@ class Conversation:
         (but `skip`, the item whose words the caller is about to supply)."""
         messages: list[Message] = [{"role": "system", "content": instructions}]
         for item in self.items:
-            if item.text and item.id != skip:
+            if item.kind == "function_call":
+                call = {"id": item.call_id, "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments}}
+                last = messages[-1]
+                if last["role"] == "assistant" and "tool_calls" in last:
+                    last["tool_calls"].append(call)  # the calls of one response
+                elif last["role"] == "assistant" and last.get("content"):
+                    last["tool_calls"] = [call]  # its words, then the calls
+                else:
+                    messages.append({"role": "assistant", "content": None,
+                                     "tool_calls": [call]})
+            elif item.kind == "function_call_output":
+                messages.append({"role": "tool", "tool_call_id": item.call_id,
+                                 "content": item.text or ""})
+            elif item.text and item.id != skip:
                 messages.append({"role": item.role, "content": item.text})
-        return messages
+        return _answered_calls_only(messages)
+
+
+def _answered_calls_only(messages: list[Message]) -> list[Message]:
+    """The messages without tool calls that have no output yet (a Chat Completions
+    endpoint refuses a call without its result): their words stay."""
+    answered = {m["tool_call_id"] for m in messages if m["role"] == "tool"}
+    kept: list[Message] = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls is None:
+            kept.append(message)
+            continue
+        calls = [c for c in calls if c["id"] in answered]
+        if calls:
+            kept.append({**message, "tool_calls": calls})
+        elif message.get("content"):
+            kept.append({"role": "assistant", "content": message["content"]})
+    called = {c["id"] for m in kept for c in m.get("tool_calls") or []}
+    return [m for m in kept if m["role"] != "tool" or m["tool_call_id"] in called]
 
 
 def item_from_client(data: dict[str, Any]) -> Item:
-    """An item of `conversation.item.create`: text messages of any role."""
-    if data.get("type") != "message":
-        raise unsupported(f"Items of type '{str(data.get('type'))[:40]}'", "item.type")
+    """An item of `conversation.item.create`: text messages of any role, function calls
+    and their outputs."""
+    kind = data.get("type")
+    item_id = data.get("id")
+    item_id = item_id if isinstance(item_id, str) and item_id else new_item_id()
+    if kind in ("function_call", "function_call_output"):
+        call_id = data.get("call_id")
+        if not isinstance(call_id, str) or not 0 < len(call_id) <= 128:
+            raise RealtimeApiError("Missing required parameter: 'item.call_id'.",
+                                   code="missing_required_parameter", param="item.call_id")
+        if kind == "function_call_output":
+            output = data.get("output")
+            if not isinstance(output, str):
+                raise RealtimeApiError("Invalid type for 'item.output': expected a string.",
+                                       code="invalid_type", param="item.output")
+            return Item(id=item_id, role="tool", kind=kind, call_id=call_id,
+                        text=output[:MAX_TOOL_OUTPUT_CHARS])
+        name, arguments = data.get("name"), data.get("arguments", "")
+        if not isinstance(name, str) or not 0 < len(name) <= 64:
+            raise RealtimeApiError("Missing required parameter: 'item.name'.",
+                                   code="missing_required_parameter", param="item.name")
+        if not isinstance(arguments, str):
+            raise RealtimeApiError("Invalid type for 'item.arguments': expected a string.",
+                                   code="invalid_type", param="item.arguments")
+        return Item(id=item_id, role="assistant", kind=kind, call_id=call_id, name=name,
+                    arguments=arguments[:MAX_TOOL_OUTPUT_CHARS], text="")
+    if kind != "message":
+        raise unsupported(f"Items of type '{str(kind)[:40]}'", "item.type")
     role = data.get("role")
     parts = {"user": _USER_PARTS, "assistant": _ASSISTANT_PARTS,
              "system": {"input_text": "text"}}.get(role if isinstance(role, str) else "")
@@ -130,10 +201,9 @@ def item_from_client(data: dict[str, Any]) -> Item:
         raise RealtimeApiError("Missing required parameter: 'item.content'.",
                                code="missing_required_parameter", param="item.content")
     texts = [_part_text(part, parts) for part in content]
-    item_id = data.get("id")
-    kind = "input_text" if role != "assistant" else "output_text"
-    return Item(id=item_id if isinstance(item_id, str) and item_id else new_item_id(),
-                role=str(role), kind=kind, text=" ".join(t for t in texts if t))
+    return Item(id=item_id, role=str(role),
+                kind="input_text" if role != "assistant" else "output_text",
+                text=" ".join(t for t in texts if t))
 
 
 def _part_text(part: Any, allowed: dict[str, str]) -> str:

@@ -8,7 +8,12 @@ Order, as the OpenAI Realtime API (GA) sends it for an audio reply:
 `response.content_part.done`, `response.output_item.done`, `conversation.item.done`
 and last `response.done` (status completed, cancelled or failed). A text reply uses
 `response.output_text.delta`/`.done` instead. Cancelling the run still sends the
-closing events, with the item `incomplete` and `response.done` `cancelled`.
+closing events, with the item `incomplete` and `response.done` `cancelled`. A call of
+one of the client's function tools is an output item of its own (after the message,
+if the model said something first): `response.output_item.added` (type
+`function_call`), `conversation.item.added`, `response.function_call_arguments.delta`
+and `.done`, `response.output_item.done`, `conversation.item.done`; the client runs
+it and answers with a `function_call_output` item, then `response.create`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pipelines.reply_engine import (
     Heard,
     Output,
     Said,
+    ToolsCalled,
     Voiced,
 )
 from voice.audio import Int16Array
@@ -61,7 +67,8 @@ class ResponseRun:
         self._options = options
         self._on_heard = on_heard
         self._audio = "audio" in options.modalities
-        self._item: Item | None = None
+        self._item: Item | None = None  # the message item
+        self._outputs: list[Item] = []  # every output item, in order
         self._error: dict[str, Any] | None = None
         self.cancel_reason = "client_cancelled"
         self.finished = False
@@ -92,6 +99,33 @@ class ResponseRun:
         elif isinstance(output, Failed):
             error = output.error
             self._error = {"type": "server_error", "code": error.code, "message": error.message}
+        elif isinstance(output, ToolsCalled):
+            for call in output.calls:
+                self._add_call(call.id, call.name, call.arguments)
+
+    def _add_call(self, call_id: str, name: str, arguments: str) -> None:
+        item = Item(id=new_item_id(), role="assistant", kind="function_call", text="",
+                    status="in_progress", call_id=call_id, name=name)
+        self._outputs.append(item)
+        index = len(self._outputs) - 1
+        self._send(event("response.output_item.added", response_id=self.id,
+                         output_index=index, item=item.to_wire()))
+        previous = None
+        if self._options.conversation_id is not None:
+            previous = self._conversation.add(item)
+            self._send(event("conversation.item.added", previous_item_id=previous,
+                             item=item.to_wire()))
+        where = {"response_id": self.id, "item_id": item.id, "output_index": index,
+                 "call_id": call_id}
+        self._send(event("response.function_call_arguments.delta", **where, delta=arguments))
+        item.arguments, item.status = arguments, "completed"
+        self._send(event("response.function_call_arguments.done", **where, name=name,
+                         arguments=arguments))
+        self._send(event("response.output_item.done", response_id=self.id, output_index=index,
+                         item=item.to_wire()))
+        if self._options.conversation_id is not None:
+            self._send(event("conversation.item.done", previous_item_id=previous,
+                             item=item.to_wire()))
 
     def _send_audio(self, item: Item, pcm: bytes) -> None:
         for i in range(0, len(pcm), DELTA_BYTES):
@@ -107,8 +141,9 @@ class ResponseRun:
                     kind="output_audio" if self._audio else "output_text", text="",
                     status="in_progress")
         self._item = item
-        self._send(event("response.output_item.added", response_id=self.id, output_index=0,
-                         item=item.to_wire()))
+        self._outputs.append(item)
+        self._send(event("response.output_item.added", response_id=self.id,
+                         output_index=self._outputs.index(item), item=item.to_wire()))
         if self._options.conversation_id is not None:
             previous = self._conversation.add(item)
             self._send(event("conversation.item.added", previous_item_id=previous,
@@ -122,8 +157,8 @@ class ResponseRun:
                                                                          "text": text}
 
     def _where(self, item: Item) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": item.id, "output_index": 0,
-                "content_index": 0}
+        return {"response_id": self.id, "item_id": item.id,
+                "output_index": self._outputs.index(item), "content_index": 0}
 
     def close(self, status: str) -> None:
         """Send the closing events and `response.done` (once)."""
@@ -141,8 +176,8 @@ class ResponseRun:
             else:
                 self._send(event("response.output_text.done", **where, text=text))
             self._send(event("response.content_part.done", **where, part=self._part()))
-            self._send(event("response.output_item.done", response_id=self.id, output_index=0,
-                             item=item.to_wire()))
+            self._send(event("response.output_item.done", response_id=self.id,
+                             output_index=self._outputs.index(item), item=item.to_wire()))
             if self._options.conversation_id is not None and item in self._conversation.items:
                 self._send(event("conversation.item.done",
                                  previous_item_id=self._conversation.previous_of(item),
@@ -160,7 +195,7 @@ class ResponseRun:
         return {
             "object": "realtime.response", "id": self.id, "status": status,
             "status_details": details,
-            "output": [self._item.to_wire()] if self._item and final else [],
+            "output": [item.to_wire() for item in self._outputs] if final else [],
             "conversation_id": self._options.conversation_id,
             "output_modalities": list(self._options.modalities), "max_output_tokens": "inf",
             "audio": {"output": {"format": PCM_FORMAT, "voice": self._options.voice}},

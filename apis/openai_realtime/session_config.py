@@ -2,7 +2,9 @@
 
 Sans-I/O. Only fields present in an update change (the protocol's rule); an object
 given for `turn_detection` or `transcription` replaces the old one, `null` turns it
-off. What we cannot honour (other audio formats, tools, transcription sessions) is
+off. Function tools are the client's: the model may call them, the client runs them
+and answers with a `function_call_output` item (MCP tools are refused). What we
+cannot honour (other audio formats, transcription sessions) is
 refused with an `error` event naming the parameter; what we accept but ignore (voice,
 speed, noise reduction, tracing, token limits) is echoed back in `session.updated`.
 See docs/realtime.md.
@@ -11,6 +13,7 @@ See docs/realtime.md.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +59,26 @@ class SessionConfig:
     transcription: dict[str, Any] | None = None
     noise_reduction: dict[str, Any] | None = None
     max_output_tokens: int | str = "inf"
+    tools: tuple[dict[str, Any], ...] = ()  # function tools, as the client declared them
+    tool_choice: str | dict[str, Any] = "auto"
     passthrough: dict[str, Any] = field(default_factory=dict)  # accepted, not acted on
+
+    def chat_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as a Chat Completions request offers them (None: none offered)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        wanted = self.tool_choice.get("name") if isinstance(self.tool_choice, dict) else None
+        return [{"type": "function", "function": {
+                    "name": t["name"], "description": t.get("description", ""),
+                    "parameters": t.get("parameters") or {"type": "object", "properties": {}}}}
+                for t in self.tools if wanted is None or t["name"] == wanted]
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.session_id,
             "model": self.model, "output_modalities": list(self.output_modalities),
-            "instructions": self.instructions, "tools": [], "tool_choice": "auto",
+            "instructions": self.instructions, "tools": list(self.tools),
+            "tool_choice": self.tool_choice,
             "max_output_tokens": self.max_output_tokens, "tracing": None, "prompt": None,
             "include": None,
             "audio": {
@@ -93,11 +109,13 @@ def apply_update(config: SessionConfig, session: dict[str, Any]) -> SessionConfi
         changes["model"] = _string(session["model"], "model")
     if "output_modalities" in session:
         changes["output_modalities"] = _modalities(session["output_modalities"])
-    if session.get("tools"):
-        raise unsupported("Tools (function calling, MCP)", "session.tools")
+    if "tools" in session:
+        changes["tools"] = _tools(session["tools"])
+    if "tool_choice" in session:
+        changes["tool_choice"] = _tool_choice(session["tool_choice"])
     if "max_output_tokens" in session:
         changes["max_output_tokens"] = _max_tokens(session["max_output_tokens"])
-    for name in ("tool_choice", "tracing", "prompt", "truncation", "include", "reasoning",
+    for name in ("tracing", "prompt", "truncation", "include", "reasoning",
                  "parallel_tool_calls"):
         if name in session:
             changes.setdefault("passthrough", dict(config.passthrough))[name] = session[name]
@@ -109,6 +127,46 @@ def apply_update(config: SessionConfig, session: dict[str, Any]) -> SessionConfi
         changes.update(_audio_input(audio.get("input"), config))
         changes.update(_audio_output(audio.get("output")))
     return dataclasses.replace(config, **changes)
+
+
+MAX_TOOLS = 128
+
+
+def _tools(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TOOLS:
+        raise _fail(f"Invalid type for 'session.tools': an array of at most {MAX_TOOLS} "
+                    "tools.", "tools", "invalid_type")
+    tools = []
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            if isinstance(tool, dict) and tool.get("type") == "mcp":
+                raise unsupported("MCP tools", f"session.tools[{i}].type")
+            raise _fail(f"Invalid value for 'session.tools[{i}].type': 'function'.",
+                        f"tools[{i}].type")
+        name = tool.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise _fail(f"Invalid value for 'session.tools[{i}].name': 1-64 letters, digits, "
+                        "_ or -.", f"tools[{i}].name")
+        description = tool.get("description", "")
+        parameters = tool.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(description, str) or not isinstance(parameters, dict):
+            raise _fail(f"Invalid type for 'session.tools[{i}]': description is a string, "
+                        "parameters a JSON schema object.", f"tools[{i}]", "invalid_type")
+        tools.append({"type": "function", "name": name, "description": description,
+                      "parameters": parameters})
+    return tuple(tools)
+
+
+def _tool_choice(value: Any) -> str | dict[str, Any]:
+    if value in ("auto", "none", "required"):
+        return str(value)
+    if isinstance(value, dict) and value.get("type") == "function" \
+            and isinstance(value.get("name"), str):
+        return {"type": "function", "name": value["name"]}
+    raise _fail("Invalid value for 'session.tool_choice': auto, none, required or "
+                "{\"type\": \"function\", \"name\": ...}.", "tool_choice")
 
 
 def _string(value: Any, param: str) -> str:

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 import tests.e2e.conftest as e2e
 from clients.audiofile import load_audio
 from clients.ws_client import VoiceClient
-from latency_tests.llm_server import LLMServer
+from latency_tests.llm_server import CallTools, LLMServer
 from pipelines.context import prompt_tokens
 from pipelines.providers.stt import WhisperSTT
 from pipelines.realtime.options import RealtimeOptions
@@ -364,3 +364,52 @@ async def test_a_200_turn_session_reads_a_prompt_that_levels_off(
           f"{[sizes[i] for i in (0, 9, 49, 99, 199)]}")
     assert sizes[9] > sizes[0] and max(sizes) <= 3000
     assert max(sizes[100:]) - min(sizes[100:]) < 100  # level: one turn's worth at most
+
+
+async def test_openai_client_function_calling(service: RunningService, fresh_llm: LLMServer,
+                                              whisper: WhisperSTT) -> None:
+    """The client declares a function tool; the model calls it (function_call item,
+    arguments events); the client runs it and sends a function_call_output item; the
+    spoken answer uses its output. Every event is checked against the SDK's types."""
+    def responder(messages: list[dict[str, Any]]) -> str | CallTools:
+        if messages[-1]["role"] == "tool":
+            return f"The weather in Paris is {messages[-1]['content']}."
+        return CallTools((("get_weather", '{"city": "Paris"}'),))
+
+    fresh_llm.behaviour.reply = responder
+    async with realtime(service) as connection:
+        await until(connection, "session.created")
+        await connection.session.update(session={"type": "realtime", "tools": [{
+            "type": "function", "name": "get_weather", "description": "The weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}], "tool_choice": "auto"})
+        updated = await until(connection, "session.updated")
+        assert updated[-1].session.tools[0].name == "get_weather"  # type: ignore[union-attr]
+        await connection.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "What is the weather in Paris?"}]})
+        await connection.response.create()
+        asked = await until(connection, "response.done")
+        done = asked[-1].response
+        (call,) = [o for o in done.output if o.type == "function_call"]
+        assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+        kinds = [e.type for e in asked]
+        assert "response.function_call_arguments.delta" in kinds
+        (arguments_done,) = [e for e in asked if e.type == "response.function_call_arguments.done"]
+        assert arguments_done.call_id == call.call_id and arguments_done.name == "get_weather"
+        assert fresh_llm.requests[-1]["tools"][0]["function"]["name"] == "get_weather"
+
+        await connection.conversation.item.create(item={
+            "type": "function_call_output", "call_id": call.call_id, "output": "sunny and mild"})
+        await until(connection, "conversation.item.done")
+        await connection.response.create()
+        answered = await until(connection, "response.done")
+    transcript = answered[-1].response.output[0].content[0].transcript
+    assert transcript == "The weather in Paris is sunny and mild."
+    heard = transcribe_back(whisper, audio_of(answered), 24000)
+    assert word_recall("the weather in paris is sunny and mild", heard) >= 0.7, heard
+    history = fresh_llm.requests[-1]["messages"]
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "tool"]
+    assert history[2]["tool_calls"][0]["id"] == call.call_id
+    assert history[3] == {"role": "tool", "tool_call_id": call.call_id,
+                          "content": "sunny and mild"}
