@@ -153,7 +153,8 @@ class Service:
         return RealtimePipeline(
             self.realtime_provider, RealtimeOptions.from_settings(self.settings), session,
             self.clock, tts=self.models.tts, stt=self.models.stt, breaker=self.realtime_breaker,
-            fallback=cascade if self.settings.realtime_fallback == "cascade" else None)
+            fallback=cascade if self.settings.realtime_fallback == "cascade" else None,
+            tools=self.models.tools)
 
     def breakers(self) -> dict[str, dict[str, object]]:
         return breakers(self.models, self.realtime_breaker)

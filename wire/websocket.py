@@ -104,8 +104,8 @@ def _parse_control(text: str) -> ControlMessage:
     if data["type"] == "dtmf" and not (isinstance(digit, str) and digit in DTMF_DIGITS):
         raise ProtocolError("dtmf needs 'digit': one of 0-9, *, #, A-D", code="invalid_message")
     if data["type"] == "session.update":
-        return ControlMessage(type="session.update",
-                              data={"session": parse_session_fields(data.get("session"))})
+        return ControlMessage(type="session.update", data={
+            "type": "session.update", "session": parse_session_fields(data.get("session"))})
     return ControlMessage(type=data["type"], data=data)
 
 

@@ -46,6 +46,7 @@ from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider, provider_error
 from pipelines.realtime.provider_reply import ProviderReply
 from pipelines.realtime.provider_turns import ProviderTurns
+from pipelines.tools import ToolBox, ToolCall
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.clock import Clock
 from voice.errors import ConfigError, ProviderError, VoiceError
@@ -56,6 +57,8 @@ from voice.events import (
     ResponseTextDelta,
     SpeechStarted,
     SpeechStopped,
+    ToolAnswered,
+    ToolCalled,
 )
 from voice.latency import TurnTimeline
 from voice.playout import Playout
@@ -80,8 +83,10 @@ class RealtimePipeline:
     def __init__(self, provider: RealtimeProvider, options: RealtimeOptions, io: SessionIO,
                  clock: Clock, tts: TextToSpeech | None = None,
                  stt: SpeechToText | None = None, breaker: CircuitBreaker | None = None,
-                 fallback: Callable[[SessionIO], Fallback] | None = None) -> None:
+                 fallback: Callable[[SessionIO], Fallback] | None = None,
+                 tools: ToolBox | None = None) -> None:
         self._provider = provider
+        self._tools = tools or None  # the operator's, run here when the provider calls
         self._options = options
         self._io = io
         self._clock = clock
@@ -99,7 +104,9 @@ class RealtimePipeline:
         o = options
         self._link = ProviderLink(
             provider, ce.session_update(o.instructions, o.voice, o.turn_detection, o.silence_ms,
-                                        o.language),
+                                        o.language, tools=[
+                                            {"type": "function", **t.spec()["function"]}
+                                            for t in (tools.tools.values() if tools else [])]),
             o.timeout_s, o.reconnect_backoff_s, self._on_event, self._on_link_failure,
             lambda: self._conversation.history, breaker)
         self._watchdog = self._link.watchdog
@@ -397,6 +404,9 @@ class RealtimePipeline:
             return
         self._watchdog.disarm()
         reply.generated = True
+        if event.calls and self._tools is not None and event.status == "completed":
+            self._run_calls(reply, event.calls)
+            return
         if event.status == "failed":
             error = event.error or rt.ErrorDetail("server_error", None, "the response failed")
             self._report(provider_error(error, self._provider.name))
@@ -405,6 +415,30 @@ class RealtimePipeline:
         self._link.healthy = self._link.healthy or event.status == "completed"
         reply.text = reply.text or event.transcript
         self._finish(reply, apologize=False)
+
+    def _run_calls(self, reply: ProviderReply, calls: tuple[rt.FunctionCall, ...]) -> None:
+        """The provider asked for the operator's tools: run them, give it their outputs
+        and ask for the answer, which comes as the same turn's next response."""
+        assert self._tools is not None and self._tasks is not None
+        tools = self._tools
+        self._reply, self._timeline, self._awaiting = None, reply.timeline, True
+        wanted = [ToolCall(c.call_id, c.name, c.arguments) for c in calls]
+        for call in wanted:
+            self._io.emit(ToolCalled(turn_id=reply.turn_id, call_id=call.id, name=call.name,
+                                     arguments=call.arguments))
+
+        async def run() -> None:
+            results = await tools.run_all(wanted)
+            for result in results:
+                self._io.emit(ToolAnswered(turn_id=reply.turn_id, call_id=result.call.id,
+                                           name=result.call.name, ok=result.ok,
+                                           result=result.content, ms=round(result.ms, 1)))
+                await self._link.send(ce.function_call_output(result.call.id, result.content))
+            if self._awaiting and self._turn_id == reply.turn_id:  # not spoken over since
+                await self._link.send(ce.response_create())
+                self._watchdog.arm()
+
+        self._tasks.create_task(run(), name=f"realtime-turn-{reply.turn_id}-tools")
 
     def _on_error(self, error: rt.ErrorDetail) -> None:
         if error.code in BENIGN_ERRORS or self._link.is_best_effort(error.event_id):

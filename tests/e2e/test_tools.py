@@ -144,6 +144,39 @@ async def test_end_call_ends_the_call_once_the_goodbye_has_been_heard(
     assert "hanging up (the assistant ended the call)" in tooled.log()
 
 
+async def test_the_realtime_pipeline_runs_the_operators_tools_when_its_provider_calls(
+        llm: LLMServer, fresh_llm: LLMServer, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The caller talks to the realtime pipeline; its provider (here the service's own
+    /v1/realtime) gets the operator's tools in session.update and calls one; the
+    pipeline runs it, sends the output and asks for the answer, which is spoken."""
+    def responder(messages: list[Message]) -> str | CallTools:
+        answers = tool_messages(messages)
+        if answers:
+            return f"The answer is {answers[-1]['content'].split('=')[-1].strip()}."
+        return CallTools((("calculate", '{"expression": "6 * 7"}'),))
+
+    service = e2e.start_self_realtime_service(tmp_path_factory.mktemp("rt-tools"), {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-test-key-123",
+        "VOICE_TOOLS": "examples.tools"}, name="rt-tools")
+    try:
+        fresh_llm.behaviour.reply = responder
+        async with VoiceClient(service.url, 16000, pipeline="realtime") as client:
+            done = await e2e.converse(client, utterances["weather"]["path"], timeout=30)
+    finally:
+        e2e.stop_service(service)
+    assert done["text"] == "The answer is 42."
+    (called,) = client.events_of("tool.call")
+    (result,) = client.events_of("tool.result")
+    assert called["name"] == "calculate" and result["ok"] and result["result"] == "6 * 7 = 42"
+    offered = [t["function"]["name"] for t in fresh_llm.requests[-2]["tools"]]
+    assert "calculate" in offered
+    heard = e2e.transcribe_back(whisper, client.reply_audio(), 16000)
+    assert "answer" in heard.lower() and "42" in heard.replace("forty-two", "42"), heard
+    assert client.events_of("error") == []
+
+
 def _bad(call: tuple[str, str]) -> Any:
     def responder(messages: list[Message]) -> str | CallTools:
         return SORRY if tool_messages(messages) else CallTools((call,))

@@ -123,7 +123,10 @@ def test_turn_detection_null_and_semantic_vad() -> None:
      "session.audio.input.format"),
     ({"audio": {"output": {"format": {"type": "audio/pcm", "rate": 16000}}}}, "unsupported",
      "session.audio.output.format"),
-    ({"tools": [{"type": "function", "name": "f"}]}, "unsupported", "session.tools"),
+    ({"tools": [{"type": "mcp", "server_label": "x"}]}, "unsupported", "session.tools[0].type"),
+    ({"tools": [{"type": "function", "name": "no spaces"}]}, "invalid_value",
+     "session.tools[0].name"),
+    ({"tool_choice": "sometimes"}, "invalid_value", "session.tool_choice"),
     ({"output_modalities": ["audio", "text"]}, "invalid_value", "session.output_modalities"),
     ({"audio": {"input": {"turn_detection": {"type": "push_to_talk"}}}}, "invalid_value",
      "session.audio.input.turn_detection.type"),
@@ -166,7 +169,9 @@ def test_items_insert_delete_and_read_as_chat_messages() -> None:
 
 
 @pytest.mark.parametrize("item, code", [
-    ({"type": "function_call", "name": "f"}, "unsupported"),
+    ({"type": "function_call", "name": "f"}, "missing_required_parameter"),
+    ({"type": "function_call_output", "call_id": "c1", "output": 5}, "invalid_type"),
+    ({"type": "mcp_call", "name": "f"}, "unsupported"),
     ({"type": "message", "role": "tool", "content": []}, "invalid_value"),
     ({"type": "message", "role": "user", "content": []}, "missing_required_parameter"),
     ({"type": "message", "role": "user", "content": [{"type": "output_text"}]}, "invalid_value"),

@@ -208,6 +208,8 @@ _json_values = st.recursive(
 @example(text='{"type": "ping"}')
 @example(text='{"type": "dtmf", "digit": [1]}')
 @example(text='{"type": "dtmf", "digit": {"a": 1}}')
+@example(text='{"type": "session.update", "session": {"tools": [1e999]}}')
+@example(text='{"type": "session.update", "session": {"instructions": "Be brief."}}')
 def test_any_text_gives_a_control_message_or_protocol_error(text: str) -> None:
     """Arbitrary text, and hostile JSON (inf, NaN, lists where strings go) under the
     names the parser reads."""
@@ -215,7 +217,7 @@ def test_any_text_gives_a_control_message_or_protocol_error(text: str) -> None:
         message = parse_client_message(text, MAX)
     except ProtocolError as exc:
         assert exc.code in {"invalid_json", "invalid_message", "unknown_type",
-                            "message_too_large"}
+                            "message_too_large", "invalid_session_update"}
         return
     assert isinstance(message, ControlMessage)
     assert message.type in CLIENT_MESSAGE_TYPES

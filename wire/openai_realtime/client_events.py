@@ -32,9 +32,11 @@ def new_event_id() -> str:
 
 def session_update(instructions: str, voice: str, turn_detection: TurnDetection,
                    silence_ms: int, language: str,
-                   transcription_model: str = "gpt-4o-mini-transcribe") -> dict[str, Any]:
+                   transcription_model: str = "gpt-4o-mini-transcribe",
+                   tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Audio in and out as 24 kHz PCM, input transcription on, turn detection as chosen
-    (`local`: none at the provider; the service commits each turn itself)."""
+    (`local`: none at the provider; the service commits each turn itself), and the
+    function tools the service runs for the provider (`tools`, in the Realtime form)."""
     detection: dict[str, Any] | None
     if turn_detection == "server_vad":
         detection = {"type": "server_vad", "silence_duration_ms": silence_ms,
@@ -55,7 +57,13 @@ def session_update(instructions: str, voice: str, turn_detection: TurnDetection,
                       "transcription": {"model": transcription_model, "language": language}},
             "output": {"format": pcm, "voice": voice},
         },
+        **({"tools": tools, "tool_choice": "auto"} if tools else {}),
     }}
+
+
+def function_call_output(call_id: str, output: str) -> dict[str, Any]:
+    return {"type": "conversation.item.create", "item": {
+        "type": "function_call_output", "call_id": call_id, "output": output}}
 
 
 def input_audio_append(pcm: bytes) -> dict[str, Any]:

@@ -134,6 +134,13 @@ class ErrorDetail:
 
 
 @dataclass(frozen=True)
+class FunctionCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ResponseDone:
     event_id: str
     response_id: str
@@ -141,6 +148,7 @@ class ResponseDone:
     reason: str | None
     error: ErrorDetail | None
     transcript: str  # the reply's words from its output items
+    calls: tuple[FunctionCall, ...] = ()  # its function_call output items
 
 
 @dataclass(frozen=True)
@@ -320,8 +328,13 @@ def _response_done(f: _Fields) -> ServerEvent:
     response = _Fields(f.mapping("response"), "response.done response")
     details = _Fields(response.mapping("status_details", optional=True), "status_details")
     error_data = details.mapping("error", optional=True)
-    words = []
+    words, calls = [], []
     for item in response.array("output"):
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            call = _Fields(item, "response.done function_call")
+            calls.append(FunctionCall(call.text("call_id"), call.text("name"),
+                                      call.opt_text("arguments") or ""))
+            continue
         parts = item.get("content") if isinstance(item, dict) else None
         for part in parts if isinstance(parts, list) else []:
             text = part.get("transcript") or part.get("text") if isinstance(part, dict) else None
@@ -330,7 +343,7 @@ def _response_done(f: _Fields) -> ServerEvent:
         f.text("event_id"), response.text("id"), response.opt_text("status") or "completed",
         details.opt_text("reason"),
         _error_detail(error_data, "status_details.error") if error_data else None,
-        "".join(words))
+        "".join(words), tuple(calls))
 
 
 def _server_error(f: _Fields) -> ServerEvent:
