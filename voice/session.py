@@ -36,6 +36,11 @@ class SessionIO(Protocol):
 
     async def hangup(self, reason: str) -> None: ...
 
+    async def transfer(self, target: str) -> None:
+        """Hand the call to `target` (a phone line's blind transfer), then end it; a
+        `VoiceError` says why not (another transport, a refusal)."""
+        ...
+
 
 class Pipeline(Protocol):
     name: str
@@ -106,7 +111,7 @@ class Session:
 
     def __init__(self, sample_rate: int, send_event: SendEvent, send_audio: SendAudio | None,
                  clock: Clock, playout_lead_ms: int, session_id: str | None = None,
-                 hangup: Hangup | None = None) -> None:
+                 hangup: Hangup | None = None, transfer: Hangup | None = None) -> None:
         self.id = session_id or new_session_id()
         self.sample_rate = sample_rate
         self.clock = clock
@@ -115,6 +120,7 @@ class Session:
                                lead_ms=playout_lead_ms)
         self._send_event = send_event
         self._hangup = hangup
+        self._transfer = transfer
         self._events: CappedQueue[Event] = CappedQueue(
             EVENT_QUEUE_ITEMS, f"session {self.id}: events the client has not read")
         self.pipeline: Pipeline | None = None
@@ -178,6 +184,12 @@ class Session:
         log.info("session %s: hanging up (%s)", self.id, reason)
         if self._hangup is not None:
             await self._hangup(reason)
+
+    async def transfer(self, target: str) -> None:
+        if self._transfer is None:
+            raise VoiceError("only phone calls can be transferred", code="unsupported")
+        log.info("session %s: transferring to %s", self.id, target)
+        await self._transfer(target)
 
     async def run(self, factory: PipelineFactory) -> None:
         SESSION_ID.set(self.id)  # every log line of this session's tasks carries it

@@ -30,7 +30,7 @@ def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
                  metadata={"help": help, "env": env, "secret": secret, "shown": shown})
 
 
-CALL_TOOLS = ("end_call",)
+CALL_TOOLS = ("end_call", "transfer_call")
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,13 @@ class Settings:
                                 "client may change with session.update (of instructions, "
                                 "tools, turn_preset); empty: none.")
     call_tools: str = _opt("", "Built-in call-control tools offered to the LLM, comma-"
-                           "separated: end_call (the reply finishes, then the call ends); "
+                           "separated: end_call (the reply finishes, then the call ends), "
+                           "transfer_call (then a phone call goes to transfer_target); "
                            "empty: none.")
+    transfer_target: str = _opt("", "Where transfer_call sends a phone call (a SIP URI, "
+                                "e.g. sip:desk@pbx.example.com); empty: no transfers.")
+    transfer_failed_message: str = _opt("Sorry, I could not transfer you. Let us carry on.",
+                                        "Said when a transfer did not happen.")
     # Circuit breakers, one per provider (voice/resilience.py)
     breaker_failure_ratio: float = _opt(0.1, "A provider's breaker opens when more than this "
                                         "share of its calls in the window failed ...")
@@ -319,6 +324,8 @@ class Settings:
             (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
             (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),
              f"call_tools: choose among {', '.join(CALL_TOOLS)}"),
+            ("transfer_call" not in self.call_tools or self.transfer_target.startswith(
+                ("sip:", "sips:", "tel:")), "transfer_call needs transfer_target, a SIP URI"),
             (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),

@@ -32,7 +32,7 @@ from pipelines.providers.models import CascadeModels
 from pipelines.tools import Tool
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
 from voice.clock import Clock
-from voice.errors import ConfigError
+from voice.errors import ConfigError, VoiceError
 from voice.events import (
     ErrorOccurred,
     ResponseDone,
@@ -96,6 +96,7 @@ class CascadePipeline:
         self._system_prompt = settings.system_prompt
         self._preset = settings.turn_preset
         self._end_after_reply: str | None = None  # end_call was used: why
+        self._transfer_after_reply = False  # transfer_call was used
 
     @property
     def playout(self) -> Playout:
@@ -276,16 +277,34 @@ class CascadePipeline:
     def _all_tool_names(self) -> list[str]:
         return [*self._models.tools.tools, *(b.name for b in self._builtin)]
 
+    async def _transfer(self) -> None:
+        target = self._settings.transfer_target
+        try:
+            await self._io.transfer(target)
+        except VoiceError as exc:
+            log.warning("transfer to %s did not happen: %s", target, exc)
+            self._io.emit(ErrorOccurred(code=exc.code, message=exc.message))
+            await self.announce(self._settings.transfer_failed_message)
+
     def _call_tools(self, names: str) -> list[Tool]:
         """The built-in call-control tools asked for (`call_tools`)."""
         async def end_call(arguments: dict[str, Any]) -> str:
             self._end_after_reply = "the assistant ended the call"
             return "The call ends once your reply has been heard: say goodbye briefly."
 
+        async def transfer_call(arguments: dict[str, Any]) -> str:
+            self._transfer_after_reply = True
+            return ("The caller is transferred to a person once your reply has been heard: "
+                    "tell them so, briefly.")
+
+        nothing = {"type": "object", "properties": {}, "additionalProperties": False}
         known = {"end_call": Tool(
             "end_call", "Ends the call, after your reply has been heard. Use it when the "
-            "caller says goodbye or asks to hang up.",
-            {"type": "object", "properties": {}, "additionalProperties": False}, end_call)}
+            "caller says goodbye or asks to hang up.", nothing, end_call),
+            "transfer_call": Tool(
+            "transfer_call", "Transfers the caller to a person, after your reply has been "
+            "heard. Use it when the caller asks for a human or you cannot help.",
+            nothing, transfer_call)}
         return [known[n.strip()] for n in names.split(",") if n.strip() in known]
 
     async def _guarded(self, reply: Reply) -> None:
@@ -295,6 +314,9 @@ class CascadePipeline:
             # what the LLM will never read again leaves memory too (the budget is
             # counted without the system prompt: a little more is kept than read)
             del self.history[:keep_from(self.history, self._settings.llm_history_tokens)]
+            if self._transfer_after_reply and reply.released.is_set():
+                self._transfer_after_reply = False
+                await self._transfer()
             if self._end_after_reply and reply.released.is_set():
                 await self._io.hangup(self._end_after_reply)
         except Exception:

@@ -56,6 +56,9 @@ class FallbackIO:
     async def hangup(self, reason: str) -> None:
         await self._io.hangup(reason)
 
+    async def transfer(self, target: str) -> None:
+        await self._io.transfer(target)
+
 
 class UnheardAudio:
     """Caller audio that arrived while the provider was not connected: the last

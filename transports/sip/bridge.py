@@ -172,7 +172,7 @@ class SipBridge:
             return
         handler = {"INVITE": self._on_invite, "ACK": self._on_ack, "BYE": self._on_bye,
                    "CANCEL": self._on_cancel, "OPTIONS": self._on_options,
-                   "INFO": self._on_info}.get(request.method)
+                   "INFO": self._on_info, "NOTIFY": self._on_notify}.get(request.method)
         if handler is None:
             self.endpoint.reply(transaction, 501, headers=(("Allow", ALLOW),))
             return
@@ -248,6 +248,13 @@ class SipBridge:
         self.endpoint.reply(transaction, 200)
         if digit:
             call.deliver_digit(digit)
+
+    def _on_notify(self, transaction: ServerTransaction, call: SipCall | None) -> None:
+        """The progress of a transfer we asked for (RFC 3515: a message/sipfrag body)."""
+        if call is None:
+            raise SipError(481, "no such call", code="sip_no_call")
+        self.endpoint.reply(transaction, 200)
+        call.notified(transaction.request)
 
     def _on_invite(self, transaction: ServerTransaction, call: SipCall | None) -> None:
         request = transaction.request

@@ -4,7 +4,9 @@ The session runs the pipeline with `send_audio=None`: the media clock thread pul
 20 ms of reply audio per packet from `session.playout`, a `SharedPlayout` that it may
 take from safely (`media_clock.py`). Caller audio goes from the
 jitter buffer straight into `session.push_audio` at 8 kHz; RFC 4733 (or SIP INFO)
-digits go to `session.on_dtmf`. The session's hang-up hook sends BYE. A call ends on
+digits go to `session.on_dtmf`. The session's hang-up hook sends BYE; its transfer hook
+sends REFER (RFC 3515: a blind transfer, whose progress comes in NOTIFY requests with
+a message/sipfrag body; once the new leg answers, BYE). A call ends on
 BYE from either side, on RTP silence longer than the RTP timeout, or when the
 service stops; its tasks share one TaskGroup and none outlives it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
 EVENT_TIMEOUT_S = 2.0
+TRANSFER_TIMEOUT_S = 30.0  # from REFER to the NOTIFY that tells how the new leg went
+_SIPFRAG = re.compile(r"^SIP/2\.0\s+(\d{3})")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class SipCall:
         self.ended = asyncio.Event()
         self.end_reason = ""
         self.session = Session(SAMPLE_RATE, self._send_event, None, clock,
-                               options.playout_lead_ms, hangup=self.hangup)
+                               options.playout_lead_ms, hangup=self.hangup,
+                               transfer=self.transfer)
         # before the pipeline exists: the one it gets is the one the clock thread may pull
         self.session.playout = SharedPlayout(SAMPLE_RATE, clock, options.playout_lead_ms,
                                              asyncio.get_running_loop())
@@ -81,6 +87,7 @@ class SipCall:
         self._early: list[Int16Array] = []
         self._byes: list[asyncio.Future[SipResponse]] = []
         self._started_at = 0.0
+        self._transfer: asyncio.Future[int] | None = None  # the new leg's final status
 
     @property
     def call_id(self) -> str:
@@ -160,6 +167,43 @@ class SipCall:
         self._byes.append(self.host.endpoint.start_request(bye, self.dialog.destination()))
         log.info("call %s: BYE sent (%s)", self.call_id, reason)
         self.end(reason)
+
+    async def transfer(self, target: str) -> None:
+        """A blind transfer to `target` (a SIP URI): REFER, then the NOTIFY that says
+        the new leg answered, then BYE. A `SipError` says why it did not happen (the
+        phone refused the REFER, the new leg failed or never answered); the call goes
+        on then."""
+        if self.ended.is_set():
+            raise SipError(481, "the call has ended", code="sip_no_call")
+        loop = asyncio.get_running_loop()
+        self._transfer = loop.create_future()
+        refer = self.dialog.request("REFER", self.host.via, extra=(
+            ("Refer-To", f"<{target}>"), ("Referred-By", self.dialog.local_contact)))
+        log.info("call %s: REFER to %s", self.call_id, target)
+        answer = await self.host.endpoint.start_request(refer, self.dialog.destination())
+        if answer.status >= 300:
+            raise SipError(answer.status, f"the phone refused the transfer ({answer.status} "
+                           f"{answer.reason})", code="sip_transfer_refused")
+        try:
+            async with asyncio.timeout(TRANSFER_TIMEOUT_S):
+                status = await self._transfer
+        except TimeoutError as exc:
+            raise SipError(408, "no word of the transfer within "
+                           f"{TRANSFER_TIMEOUT_S:g} s", code="sip_transfer_failed") from exc
+        if status >= 300:
+            raise SipError(status, f"the transfer target answered {status}",
+                           code="sip_transfer_failed")
+        await self.hangup(f"transferred to {target}")
+
+    def notified(self, notify: SipRequest) -> None:
+        """A NOTIFY of our REFER's subscription: a final status ends the wait."""
+        match = _SIPFRAG.match(notify.body.decode("utf-8", "replace").lstrip())
+        if match is None or self._transfer is None or self._transfer.done():
+            return
+        status = int(match.group(1))
+        log.info("call %s: transfer progress %d", self.call_id, status)
+        if status >= 200:
+            self._transfer.set_result(status)
 
     async def wait_bye_answered(self, timeout: float) -> None:
         if self._byes:

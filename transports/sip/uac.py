@@ -18,7 +18,7 @@ from wire.sip.headers import NameAddr, SipUri
 from wire.sip.message import Headers, SipRequest, SipResponse
 from wire.sip.transaction import Address, new_via
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, NOTIFY"
 
 
 @dataclass(frozen=True)
