@@ -446,3 +446,31 @@ async def test_a_worker_without_headroom_answers_503() -> None:
         why[0] = None
         async with SipPhone(target(bridge), events=False):
             assert admission.open == 1
+
+
+async def test_a_bridge_whose_task_died_answers_503_and_says_so_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """If a bridge task ever dies (a bug), the worker stops looking healthy at once:
+    OPTIONS probes get 503 and /readyz fails, so Kamailio and HAProxy send calls
+    elsewhere, and the error is logged once."""
+    from service.health import readiness
+    from voice.metrics import WorkerLoad
+
+    async with running_bridge() as (bridge, _):
+        probe = invite(method="OPTIONS", call_id="probe-1")
+        assert [r.status for r in await exchange(bridge, probe)] == [200]
+
+        async def bug() -> None:
+            raise RuntimeError("a bug")
+
+        assert bridge._tg is not None
+        bridge._tg.create_task(bug())
+        await asyncio.sleep(0.2)
+        assert bridge.failure is not None
+        probe = invite(method="OPTIONS", call_id="probe-2")
+        assert [r.status for r in await exchange(bridge, probe)] == [503]
+        ready, body = readiness(WorkerLoad(0, 10, False, 1.0), Admission(max_sessions=10),
+                                bridge)
+        assert not ready and "SIP bridge task failed" in str(body["reason"])
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "answering 503" in errors[0].getMessage()
