@@ -90,7 +90,8 @@ def checked_request(body: Any) -> dict[str, Any]:
         max_tokens = MAX_TOKENS
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise BadRequest("'max_tokens' must be a positive integer", "max_tokens")
-    temperature = body.get("temperature", 0.2)
+    # greedy unless asked otherwise: a small model's best guess, the same every time
+    temperature = body.get("temperature", 0.0)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
             or not 0 <= temperature <= 2:
         raise BadRequest("'temperature' must be a number from 0 to 2", "temperature")

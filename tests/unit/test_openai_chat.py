@@ -25,7 +25,7 @@ def test_a_plain_request_is_passed_on() -> None:
                                                                         "text": "there"}]}]})
     assert args == {"messages": [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "Hi there"}],
-                    "max_tokens": 50, "temperature": 0.2, "stream": True}
+                    "max_tokens": 50, "temperature": 0.0, "stream": True}
     assert checked_request({"messages": [{"role": "user", "content": "x"}],
                             "max_tokens": 10**9})["max_tokens"] == MAX_TOKENS
 
