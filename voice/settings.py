@@ -310,23 +310,6 @@ class Settings:
             (self.max_session_s >= 0, "max_session_s must be >= 0"),
             (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
-            (self.llm in ("auto", "local", "endpoint", "echo"),
-             "llm must be auto, local, endpoint or echo"),
-            (self.llm != "endpoint" or bool(self.openai_base_url or self.openai_api_key),
-             "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
-            (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
-            (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
-            (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
-            (all(f.strip() in ("instructions", "tools", "turn_preset")
-                 for f in self.client_settings.split(",") if f.strip()),
-             "client_settings: choose among instructions, tools, turn_preset"),
-            (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
-            (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
-            (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),
-             f"call_tools: choose among {', '.join(CALL_TOOLS)}"),
-            ("transfer_call" not in self.call_tools or self.transfer_target.startswith(
-                ("sip:", "sips:", "tel:")), "transfer_call needs transfer_target, a SIP URI"),
-            (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
             (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),
             (self.sip_rtp_timeout_s > 0, "sip_rtp_timeout_s must be positive"),
@@ -355,10 +338,32 @@ class Settings:
             (0 < self.breaker_open_s <= self.breaker_max_open_s and self.breaker_window_s > 0,
              "breaker_open_s must be positive and at most breaker_max_open_s"),
         ]
-        for ok, message in checks:
+        for ok, message in [*checks, *self._assistant_checks()]:
             if not ok:
                 raise ConfigError(message)
         self._validate_access()
+
+    def _assistant_checks(self) -> list[tuple[bool, str]]:
+        """The LLM, its tools and what clients may change."""
+        return [
+            (self.llm in ("auto", "local", "endpoint", "echo"),
+             "llm must be auto, local, endpoint or echo"),
+            (self.llm != "endpoint" or bool(self.openai_base_url or self.openai_api_key),
+             "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
+            (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
+            (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
+            (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
+            (all(f.strip() in ("instructions", "tools", "turn_preset")
+                 for f in self.client_settings.split(",") if f.strip()),
+             "client_settings: choose among instructions, tools, turn_preset"),
+            (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
+            (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
+            (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),
+             f"call_tools: choose among {', '.join(CALL_TOOLS)}"),
+            ("transfer_call" not in self.call_tools or self.transfer_target.startswith(
+                ("sip:", "sips:", "tel:")), "transfer_call needs transfer_target, a SIP URI"),
+            (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
+        ]
 
     def _validate_access(self) -> None:
         if not 10 <= self.client_secret_ttl_s <= 7200:
