@@ -92,7 +92,10 @@ class VoiceClient(RecordingClient):
         await self.send_raw(json.dumps(data))
 
     async def stream(self, samples: Int16Array, chunk_ms: int = 20, speed: float = 1.0) -> None:
-        """Send samples in chunks, each when it would have been captured (x speed)."""
+        """Send samples in chunks, each when it would have been captured (x speed).
+
+        Stops when the service has closed the call; a send that races the service's
+        normal close (the assistant hung up) is not an error."""
         chunk = self.sample_rate * chunk_ms // 1000
         start = time.monotonic()
         for i in range(0, len(samples), chunk):
@@ -100,7 +103,10 @@ class VoiceClient(RecordingClient):
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             if self.closed:
                 return
-            await self.send_audio(samples[i: i + chunk])
+            try:
+                await self.send_audio(samples[i: i + chunk])
+            except websockets.ConnectionClosedOK:
+                return
 
     async def stream_silence(self, seconds: float, chunk_ms: int = 20) -> None:
         await self.stream(np.zeros(int(seconds * self.sample_rate), np.int16), chunk_ms)
