@@ -25,15 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from apis import local_tools
+from apis.local_tools import ToolRequestError, checked_tools, spoken_calls
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ MAX_PROMPT_CHARS = 200_000
 MAX_TOKENS = 1024
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 _DONE = object()
+# the prompt format of a model whose file carries no chat template
+CHATML = ("{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
+          "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+          "{% endif %}")
 
 
 def bundled_model() -> Path:
@@ -65,6 +73,13 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> we
 
 def checked_request(body: Any) -> dict[str, Any]:
     """The generation arguments of a Chat Completions request body, or `BadRequest`."""
+    try:
+        return _checked_request(body)
+    except ToolRequestError as exc:
+        raise BadRequest(str(exc), exc.param) from exc
+
+
+def _checked_request(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     messages = body.get("messages")
@@ -80,6 +95,9 @@ def checked_request(body: Any) -> dict[str, Any]:
             raise BadRequest(f"messages[{i}] needs a role among {sorted(ROLES)}",
                              f"messages[{i}].role")
         text = _text_of(message.get("content"), f"messages[{i}].content")
+        if role == "assistant" and message.get("tool_calls"):
+            calls = spoken_calls(message["tool_calls"], f"messages[{i}].tool_calls")
+            text = f"{text}\n{calls}" if text else calls
         chars += len(text)
         clean.append({"role": "system" if role == "developer" else role, "content": text})
     if chars > MAX_PROMPT_CHARS:
@@ -95,8 +113,10 @@ def checked_request(body: Any) -> dict[str, Any]:
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
             or not 0 <= temperature <= 2:
         raise BadRequest("'temperature' must be a number from 0 to 2", "temperature")
+    functions, tool_choice = checked_tools(body)
     return {"messages": clean, "max_tokens": min(max_tokens, MAX_TOKENS),
-            "temperature": float(temperature), "stream": bool(body.get("stream", False))}
+            "temperature": float(temperature), "stream": bool(body.get("stream", False)),
+            "tools": functions, "tool_choice": tool_choice}
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -119,29 +139,116 @@ class LocalModel:
 
     def __init__(self, path: Path, threads: int, context: int) -> None:
         from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.path = path
         self.name = path.stem
         self.context = context
         started = time.monotonic()
-        self._llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+        self._load = functools.partial(Llama, model_path=str(path), n_ctx=context,
+                                       n_threads=threads, n_threads_batch=threads,
+                                       verbose=False)
+        self._llm = self._load()
+        # a second context for the tool choice (the weights are shared, mapped once):
+        # each keeps its own prompt cached from turn to turn, where one context would
+        # evaluate the whole prompt again each time a turn goes from one to the other
+        self._chooser: Any = None
         self._lock = threading.Lock()
+        template = self._llm.metadata.get("tokenizer.chat_template", "")
+        self._formatter = Jinja2ChatFormatter(
+            template or CHATML, eos_token=self._token(self._llm.token_eos()),
+            bos_token=self._token(self._llm.token_bos()), add_generation_prompt=True)
+        self._knows_tool_role = self._renders_tool_role()
         log.info("local LLM %s loaded in %.1f s (%d threads, %d tokens of context)",
                  path.name, time.monotonic() - started, threads, context)
+
+    def _renders_tool_role(self) -> bool:
+        """Whether the chat template shows a `tool` message (some raise on any role but
+        user and assistant; those get tool results as user messages)."""
+        probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                 {"role": "tool", "content": "tool-result-probe"}]
+        try:
+            return "tool-result-probe" in self._prompt(probe)
+        except Exception:  # noqa: BLE001  (jinja's raise_exception, whatever the template)
+            return False
+
+    def _token(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", "replace") \
+            if token >= 0 else ""
 
     def generate(self, request: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
         with self._lock:
             if stop.is_set():
                 return
+            messages = request["messages"]
+            if not self._knows_tool_role:
+                messages = local_tools.plain_history(messages)
+            if request["tools"] and request["tool_choice"] != "none" \
+                    and request["messages"][-1]["role"] != "tool":
+                called = yield from self._tool_call(messages, request["tools"],
+                                                    request["tool_choice"], stop)
+                if called or stop.is_set():
+                    return
             chunks: Any = self._llm.create_chat_completion(
-                messages=request["messages"], stream=True, max_tokens=request["max_tokens"],
+                messages=messages, stream=True, max_tokens=request["max_tokens"],
                 temperature=request["temperature"])
             for chunk in chunks:
                 if stop.is_set():
                     break
                 chunk["model"] = self.name
                 yield chunk
+
+    def _tool_call(self, messages: list[dict[str, Any]], functions: list[dict[str, Any]],
+                   choice: str, stop: threading.Event
+                   ) -> Generator[dict[str, Any], None, bool]:
+        """Steps 1 and 2 of apis/local_tools.py, streamed as one tool call; False (and
+        nothing sent) when the model chose to answer."""
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+
+        prompt = self._prompt(local_tools.with_listing(messages, functions))
+        if choice in ("auto", "required"):
+            grammar = LlamaGrammar.from_string(
+                local_tools.choice_grammar(functions, choice == "required"), verbose=False)
+            chosen = "".join(self._complete(prompt, grammar, 16, stop))
+            name = local_tools.chosen_function(chosen)
+            if name is None or stop.is_set():
+                return False
+            prompt += chosen
+        else:
+            name = choice
+            prompt += f"{local_tools.FUNCTIONS}{name}:"
+        chunks = local_tools.CallChunks(self.name)
+        yield chunks.start(name)
+        parameters = next(f["parameters"] for f in functions if f["name"] == name)
+        if not local_tools.needs_arguments(parameters):
+            yield chunks.arguments("{}")
+        else:
+            try:
+                rules = json_schema_to_gbnf(json.dumps(parameters))
+            except Exception:  # noqa: BLE001  (a schema the converter cannot read: any object)
+                rules = JSON_GBNF
+            grammar = LlamaGrammar.from_string(rules, verbose=False)
+            for piece in self._complete(f"{prompt} ", grammar, local_tools.ARGUMENT_TOKENS, stop):
+                yield chunks.arguments(piece)
+        yield chunks.finish()
+        return True
+
+    def _prompt(self, messages: list[dict[str, Any]]) -> str:
+        shown: Any = messages
+        return str(self._formatter(messages=shown).prompt)
+
+    def _complete(self, prompt: str, grammar: Any, max_tokens: int, stop: threading.Event
+                  ) -> Iterator[str]:
+        """The text of a greedy completion under `grammar`, piece by piece, until `stop`."""
+        if self._chooser is None:
+            self._chooser = self._load()
+        pieces: Any = self._chooser.create_completion(prompt, max_tokens=max_tokens,
+                                                  temperature=0.0, grammar=grammar,
+                                                  stream=True)
+        for piece in pieces:
+            if stop.is_set():
+                break
+            yield str(piece["choices"][0]["text"])
 
 
 class ChatServer:
@@ -218,10 +325,20 @@ def _whole(chunks: list[dict[str, Any]], model: str) -> dict[str, Any]:
                    if c.get("choices"))
     finish = next((c["choices"][0].get("finish_reason") for c in reversed(chunks)
                    if c.get("choices") and c["choices"][0].get("finish_reason")), "stop")
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for part in (chunk.get("choices") or [{}])[0].get("delta", {}).get("tool_calls") or ():
+            call = calls.setdefault(part["index"], {"id": "", "type": "function", "function": {
+                "name": "", "arguments": ""}})
+            call["id"] = part.get("id") or call["id"]
+            call["function"]["name"] += part.get("function", {}).get("name") or ""
+            call["function"]["arguments"] += part.get("function", {}).get("arguments") or ""
+    if calls:
+        message = {"role": "assistant", "content": None, "tool_calls": list(calls.values())}
     return {"id": chunks[0]["id"] if chunks else "chatcmpl-local",
             "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": text}}]}
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}]}
 
 
 async def serve(model: LocalModel, host: str, port: int) -> None:

@@ -18,6 +18,7 @@ train|en-us+m3|170|What time does the next train to Boston leave?
 name|en-us+f3|155|My name is Alice and I live in London.
 stop|en-us|175|Wait, stop, I meant Tuesday.
 capital|en-us+f3|145|What is the capital of France?
+clock|en-gb|150|What time is it right now?
 LIST
 while IFS='|' read -r name voice speed text; do
   [ -z "$name" ] && continue

@@ -22,7 +22,9 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from pipelines.providers.models import CascadeModels
 from voice.errors import ConfigError
 from voice.settings import Settings
 
@@ -86,8 +88,40 @@ class LocalLLM:
         await self._spawn()
         log.info("local LLM %s serving at %s (ready in %.1f s)", self.path.name,
                  self.base_url, time.monotonic() - started)
+        if (self._settings.tools or self._settings.tools_file) \
+                and not self._settings.local_llm_model:
+            log.warning("tools are offered to the bundled SmolLM2-135M model, which often "
+                        "chooses the wrong one (a question may get a tool call instead of "
+                        "an answer); for dependable tools name a larger GGUF model "
+                        "(--local-llm-model) or an LLM endpoint (OPENAI_BASE_URL)")
         self._watcher = asyncio.create_task(self._watch(), name="local-llm-watch")
         return self.endpoint_settings()
+
+    async def warm_up(self, models: CascadeModels, system_prompt: str) -> None:
+        """With tools, ask once as a session would (the system prompt and the tool list,
+        "Hello."), so the model server holds that prompt evaluated and the first caller
+        does not wait for it (seconds on 2 cores)."""
+        if not models.tools:
+            return
+        import openai
+
+        started = time.monotonic()
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=LOCAL_KEY,
+                                    timeout=LOAD_TIMEOUT_S, max_retries=0)
+        try:
+            reply: Any = await client.chat.completions.create(
+                model=self.path.stem, stream=True, tools=models.tools.specs(),  # type: ignore[arg-type]
+                messages=[{"role": "system", "content": system_prompt},
+                          {"role": "user", "content": "Hello."}])
+            async for _ in reply:
+                break  # the first chunk: the prompt is evaluated
+            await reply.close()
+        except openai.OpenAIError as exc:
+            log.warning("local LLM warm-up failed (%s); the first turn will tell", exc)
+            return
+        finally:
+            await client.close()
+        log.info("local LLM warmed up with the tools in %.1f s", time.monotonic() - started)
 
     async def _spawn(self) -> None:
         s = self._settings

@@ -35,7 +35,7 @@ from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
 from service.access import SESSION_PATHS, Door, select_subprotocol
 from service.health import LiveSessions, breakers, readiness, replies_running
-from service.local_llm import start_local_llm
+from service.local_llm import LocalLLM, start_local_llm
 from service.static import StaticFiles
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
@@ -297,14 +297,16 @@ async def serve_forever(settings: Settings) -> None:
     log.info("loading models (settings: %s)", settings.redacted())
     settings, local_llm = await start_local_llm(settings)
     try:
-        await _serve(settings)
+        await _serve(settings, local_llm)
     finally:
         if local_llm is not None:
             await local_llm.stop()
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, local_llm: LocalLLM | None) -> None:
     models = await asyncio.to_thread(load_models, settings)
+    if local_llm is not None:
+        await local_llm.warm_up(models, settings.system_prompt)
     service = Service(settings, models)
     await service.start()
     stop, drain = asyncio.Event(), asyncio.Event()

@@ -70,3 +70,29 @@ async def test_a_model_server_that_dies_is_started_again(
         done = await e2e.converse(client, utterances["capital"]["path"], timeout=40)
         assert client.events_of("error") == [] and "Paris" in str(done["text"]), done
     assert "the local LLM server exited (-9)" in local.log()
+
+
+async def test_the_walk_through_what_time_is_it_is_answered_from_the_clock_tool(
+        tmp_path_factory: pytest.TempPathFactory, whisper: WhisperSTT,
+        utterances: dict[str, dict[str, str]]) -> None:
+    """The README's walk-through, offline: the bundled model with examples/tools.py
+    calls `current_time` and the caller hears the tool's answer."""
+    service = e2e.start_service(tmp_path_factory.mktemp("local-tools"), {
+        "OPENAI_BASE_URL": "", "OPENAI_API_KEY": "", "VOICE_TOOLS": "examples.tools"},
+        name="local-tools")
+    try:
+        async with VoiceClient(service.url) as client:
+            done = await e2e.converse(client, utterances["clock"]["path"], timeout=40)
+        log = service.log()
+    finally:
+        e2e.stop_service(service)
+    (call,) = client.events_of("tool.call")
+    (result,) = client.events_of("tool.result")
+    assert call["name"] == "current_time" and result["ok"], (call, result)
+    # the tool says "It is 15:42 on Friday, 4 December 2026 (UTC).": the weekday is
+    # a word both Piper and Whisper get right
+    weekday = str(result["result"]).split(" on ", 1)[1].split(",")[0]
+    assert weekday in str(done["text"]), (result, done)
+    heard = e2e.transcribe_back(whisper, client.reply_audio(), 16000)
+    assert weekday.lower() in heard.lower(), (done, heard)
+    assert "tools are offered to the bundled SmolLM2-135M model" in log

@@ -15,7 +15,8 @@ from tests.strategies import cases, hostile_json
 pytestmark = pytest.mark.unit
 
 KEYS = ("messages", "role", "content", "text", "type", "max_tokens", "max_completion_tokens",
-        "temperature", "stream", "model")
+        "temperature", "stream", "model", "tools", "tool_choice", "tool_calls", "function",
+        "name", "arguments", "parameters")
 
 
 def test_a_plain_request_is_passed_on() -> None:
@@ -25,7 +26,8 @@ def test_a_plain_request_is_passed_on() -> None:
                                                                         "text": "there"}]}]})
     assert args == {"messages": [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "Hi there"}],
-                    "max_tokens": 50, "temperature": 0.0, "stream": True}
+                    "max_tokens": 50, "temperature": 0.0, "stream": True,
+                    "tools": [], "tool_choice": "none"}
     assert checked_request({"messages": [{"role": "user", "content": "x"}],
                             "max_tokens": 10**9})["max_tokens"] == MAX_TOKENS
 
@@ -51,7 +53,9 @@ def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str) -> No
 @settings(database=None, deadline=None, max_examples=cases(2000))
 @given(st.one_of(hostile_json(KEYS), st.fixed_dictionaries(
     {"messages": st.lists(hostile_json(KEYS), max_size=4)},
-    optional={"max_tokens": hostile_json(), "temperature": hostile_json()})))
+    optional={"max_tokens": hostile_json(), "temperature": hostile_json(),
+              "tools": st.lists(hostile_json(KEYS), max_size=3),
+              "tool_choice": hostile_json(KEYS)})))
 def test_any_json_body_is_checked_without_surprises(body: Any) -> None:
     try:
         args = checked_request(body)
@@ -59,3 +63,5 @@ def test_any_json_body_is_checked_without_surprises(body: Any) -> None:
         return
     assert all(isinstance(m["content"], str) for m in args["messages"])
     assert 1 <= args["max_tokens"] <= MAX_TOKENS and 0 <= args["temperature"] <= 2
+    names = {f["name"] for f in args["tools"]}
+    assert args["tool_choice"] in ("none", "auto", "required") or args["tool_choice"] in names
