@@ -41,6 +41,11 @@ class SessionIO(Protocol):
         `VoiceError` says why not (another transport, a refusal)."""
         ...
 
+    async def send_dtmf(self, digits: str) -> None:
+        """Press keypad digits on a phone line (RFC 4733); a `VoiceError` says why not
+        (another transport, a bad digit, a phone without telephone-event)."""
+        ...
+
 
 class Pipeline(Protocol):
     name: str
@@ -98,7 +103,7 @@ PipelineFactory = Callable[["Session"], Pipeline]
 FactoryLookup = Callable[[str | None], tuple[str, PipelineFactory]]
 SendEvent = Callable[[Event], Awaitable[None]]
 SendAudio = Callable[[bytes], Awaitable[None]]
-Hangup = Callable[[str], Awaitable[None]]
+Hangup = Callable[[str], Awaitable[None]]  # also a transfer's target, digits to press
 
 
 def new_session_id() -> str:
@@ -111,7 +116,8 @@ class Session:
 
     def __init__(self, sample_rate: int, send_event: SendEvent, send_audio: SendAudio | None,
                  clock: Clock, playout_lead_ms: int, session_id: str | None = None,
-                 hangup: Hangup | None = None, transfer: Hangup | None = None) -> None:
+                 hangup: Hangup | None = None, transfer: Hangup | None = None,
+                 send_dtmf: Hangup | None = None) -> None:
         self.id = session_id or new_session_id()
         self.sample_rate = sample_rate
         self.clock = clock
@@ -121,6 +127,7 @@ class Session:
         self._send_event = send_event
         self._hangup = hangup
         self._transfer = transfer
+        self._send_dtmf = send_dtmf
         self._events: CappedQueue[Event] = CappedQueue(
             EVENT_QUEUE_ITEMS, f"session {self.id}: events the client has not read")
         self.pipeline: Pipeline | None = None
@@ -190,6 +197,11 @@ class Session:
             raise VoiceError("only phone calls can be transferred", code="unsupported")
         log.info("session %s: transferring to %s", self.id, target)
         await self._transfer(target)
+
+    async def send_dtmf(self, digits: str) -> None:
+        if self._send_dtmf is None:
+            raise VoiceError("only phone calls have keys to press", code="unsupported")
+        await self._send_dtmf(digits)
 
     async def run(self, factory: PipelineFactory) -> None:
         SESSION_ID.set(self.id)  # every log line of this session's tasks carries it

@@ -30,7 +30,7 @@ def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
                  metadata={"help": help, "env": env, "secret": secret, "shown": shown})
 
 
-CALL_TOOLS = ("end_call", "transfer_call")
+CALL_TOOLS = ("end_call", "transfer_call", "send_dtmf")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Settings:
                     "OPENAI_API_KEY is set, else the bundled local model), local (the local "
                     "model, local_llm_model), endpoint, or echo (repeats what it heard).")
     local_llm_model: str = _opt("", "GGUF file of the local LLM (empty: the bundled "
-                                "SmolLM2-135M-Instruct).")
+                                "SmolLM2-135M-Instruct).", shown="(bundled)")
     local_llm_threads: int = _opt(2, "CPU threads of the local LLM.")
     local_llm_context: int = _opt(2048, "Tokens of context of the local LLM.")
     openai_base_url: str = _opt(
@@ -93,8 +93,8 @@ class Settings:
                                 "tools, turn_preset); empty: none.")
     call_tools: str = _opt("", "Built-in call-control tools offered to the LLM, comma-"
                            "separated: end_call (the reply finishes, then the call ends), "
-                           "transfer_call (then a phone call goes to transfer_target); "
-                           "empty: none.")
+                           "transfer_call (then a phone call goes to transfer_target), "
+                           "send_dtmf (presses keys on a phone line, RFC 4733); empty: none.")
     transfer_target: str = _opt("", "Where transfer_call sends a phone call (a SIP URI, "
                                 "e.g. sip:desk@pbx.example.com); empty: no transfers.")
     transfer_failed_message: str = _opt("Sorry, I could not transfer you. Let us carry on.",
@@ -129,7 +129,8 @@ class Settings:
         300.0, "Close a /v1/realtime connection whose client sent no event this long (close "
         "4008).")
     # STT
-    stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.")
+    stt_model: str = _opt("", "faster-whisper model name or path; empty = bundled tiny.en.",
+                          shown="(bundled)")
     stt_device: str = _opt("cpu", "CTranslate2 device.")
     stt_compute_type: str = _opt("int8", "CTranslate2 compute type.")
     stt_threads: int = _opt(1, "CPU threads for speech-to-text (CTranslate2, and its OpenMP "
@@ -140,8 +141,10 @@ class Settings:
     stt_no_speech_threshold: float = _opt(0.6, "Drop transcripts whose no-speech probability "
                                           "is above this.")
     # TTS
-    tts_voice: str = _opt("", "Piper voice .onnx path; empty = bundled en_US-joe-medium.")
-    tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.")
+    tts_voice: str = _opt("", "Piper voice .onnx path; empty = bundled en_US-joe-medium.",
+                          shown="(bundled)")
+    tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.",
+                                 shown="(next to the voice)")
     # Shared inference: STT/TTS on an OpenAI audio API server (another worker, or OpenAI)
     stt_url: str = _opt("", "OpenAI audio API base URL (e.g. http://gpu-box:8001/v1) for "
                         "speech-to-text instead of the local model; empty: local.")
@@ -402,7 +405,7 @@ class Settings:
     def markdown_table(cls) -> str:
         rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            default = f.metadata.get("shown") or ("(bundled)" if f.default == "" else f.default)
+            default = f.metadata.get("shown") or ("(none)" if f.default == "" else f.default)
             if f.name == "system_prompt":
                 default = "(short voice-assistant prompt)"
             rows.append(f"| `--{f.name.replace('_', '-')}` | `{cls.env_name(f)}` | "

@@ -62,6 +62,8 @@ from voice.turntaking.prosody import final_pitch_ratio
 
 log = logging.getLogger(__name__)
 
+MAX_DTMF_DIGITS = 32  # keys one send_dtmf call may press
+
 
 @dataclass
 class _Running:
@@ -297,14 +299,29 @@ class CascadePipeline:
             return ("The caller is transferred to a person once your reply has been heard: "
                     "tell them so, briefly.")
 
+        async def send_dtmf(arguments: dict[str, Any]) -> str:
+            digits = str(arguments["digits"]).upper().replace(" ", "")
+            if not 0 < len(digits) <= MAX_DTMF_DIGITS:
+                raise ValueError(f"digits: 1 to {MAX_DTMF_DIGITS} keys")
+            await self._io.send_dtmf(digits)
+            return f"Pressed {' '.join(digits)}."
+
         nothing = {"type": "object", "properties": {}, "additionalProperties": False}
+        keys = {"type": "object", "additionalProperties": False, "required": ["digits"],
+                "properties": {"digits": {"type": "string", "description":
+                               "The keys in order: 0-9, * and # (A-D on some lines), at "
+                               f"most {MAX_DTMF_DIGITS}."}}}
         known = {"end_call": Tool(
             "end_call", "Ends the call, after your reply has been heard. Use it when the "
             "caller says goodbye or asks to hang up.", nothing, end_call),
             "transfer_call": Tool(
             "transfer_call", "Transfers the caller to a person, after your reply has been "
             "heard. Use it when the caller asks for a human or you cannot help.",
-            nothing, transfer_call)}
+            nothing, transfer_call),
+            "send_dtmf": Tool(
+            "send_dtmf", "Presses keys on the phone line now, as a caller would on a "
+            "keypad: use it to answer another system's phone menu or to dial an extension.",
+            keys, send_dtmf)}
         return [known[n.strip()] for n in names.split(",") if n.strip() in known]
 
     async def _guarded(self, reply: Reply) -> None:

@@ -59,6 +59,9 @@ class FallbackIO:
     async def transfer(self, target: str) -> None:
         await self._io.transfer(target)
 
+    async def send_dtmf(self, digits: str) -> None:
+        await self._io.send_dtmf(digits)
+
 
 class UnheardAudio:
     """Caller audio that arrived while the provider was not connected: the last

@@ -44,7 +44,8 @@ def misbehaving(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[e2e.RunningService]:
     running = e2e.start_service(tmp_path_factory.mktemp("bad-tools"), {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
-        "VOICE_TOOLS": "tests.e2e.failing_tools", "VOICE_MAX_TOOL_ROUNDS": "2"},
+        "VOICE_TOOLS": "tests.e2e.failing_tools", "VOICE_MAX_TOOL_ROUNDS": "2",
+        "VOICE_CALL_TOOLS": "send_dtmf"},
         name="bad-tools")
     yield running
     e2e.stop_service(running)
@@ -191,6 +192,8 @@ def _bad(call: tuple[str, str]) -> Any:
      "arguments.order must be string"),
     ("tool raises", ("broken_lookup", '{"order": "A1"}'), "the order database is down"),
     ("tool too slow", ("slow_lookup", '{"order": "A1"}'), "did not answer within 1.5 s"),
+    ("keys on a web call", ("send_dtmf", '{"digits": "1"}'),
+     "only phone calls have keys to press"),
 ])
 async def test_a_bad_tool_call_still_gets_a_spoken_answer_and_the_call_goes_on(
         misbehaving: e2e.RunningService, fresh_llm: LLMServer, whisper: WhisperSTT,

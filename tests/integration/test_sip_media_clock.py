@@ -1,5 +1,6 @@
 """The media clock thread against a real UDP receiver over loopback: continuous RTP
-numbering, reply audio from a `SharedPlayout`, barge-in, hold and resume, removal.
+numbering, reply audio from a `SharedPlayout`, barge-in, hold and resume, removal,
+keypad digits pressed in the middle of a reply.
 `RtpOut.tick` is also driven by hand, with chosen lateness, for the stall rules."""
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 
 from transports.sip.media_clock import MediaClock, RtpOut, SharedPlayout
 from voice.clock import MONOTONIC
+from voice.errors import ProtocolError
 from wire.rtp import g711
+from wire.rtp.dtmf import DtmfEvent, DtmfReceiver
 from wire.rtp.packet import RtpPacket
 from wire.rtp.plan import MediaPlan
 
@@ -63,11 +66,12 @@ def loud(packet: RtpPacket) -> bool:
 
 
 @asynccontextmanager
-async def sending() -> AsyncIterator[tuple[Receiver, RtpOut, SharedPlayout, MediaClock]]:
+async def sending(dtmf_payload_type: int | None = None
+                  ) -> AsyncIterator[tuple[Receiver, RtpOut, SharedPlayout, MediaClock]]:
     loop = asyncio.get_running_loop()
     receiver = Receiver()
     await loop.create_datagram_endpoint(lambda: receiver, local_addr=("127.0.0.1", 0))
-    plan = MediaPlan(codec=g711.PCMU, payload_type=0, dtmf_payload_type=None,
+    plan = MediaPlan(codec=g711.PCMU, payload_type=0, dtmf_payload_type=dtmf_payload_type,
                      remote_host="127.0.0.1", remote_port=receiver.port)
     playout = SharedPlayout(8000, MONOTONIC, 200, loop)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -198,3 +202,45 @@ def test_hold_sends_nothing_and_resume_continues_the_numbering(
     assert resumed.sequence == (last.sequence + 1) & 0xFFFF and not resumed.marker
     assert (resumed.timestamp - last.timestamp) & 0xFFFFFFFF == 11 * 160
     out.close()
+
+
+@ASYNC
+async def test_pressed_keys_go_out_as_rfc_4733_events_and_the_reply_audio_waits() -> None:
+    async with sending(dtmf_payload_type=101) as (receiver, out, playout, _):
+        playout.enqueue(LOUD[:3200])  # 200 ms: ten packets
+        await receiver.wait_packets(len(receiver.packets) + 3)
+        seconds = out.send_digits("1#")
+        assert 0.2 < seconds < 0.6
+        with pytest.raises(ProtocolError):
+            out.send_digits("1x")  # nothing queued for a bad digit
+        with pytest.raises(ProtocolError):
+            out.send_digits("1" * 65)
+        await asyncio.sleep(seconds)
+        packets = list(await receiver.wait_packets(len(receiver.packets) + 12))
+    events = [p for p in packets if p.payload_type == 101]
+    audio = [p for p in packets if p.payload_type == 0]
+    keys = DtmfReceiver()
+    pressed = [d for p in events if (d := keys.receive(p.ssrc, p.timestamp, p.payload))]
+    assert pressed == ["1", "#"]  # each key once, in order
+    assert sum(loud(p) for p in audio) == 10  # the reply waited for the keys, lost nothing
+    for key in (events[:7], events[7:]):  # 4 updates and 3 end packets per key
+        assert len(key) == 7 and key[0].marker and not any(p.marker for p in key[1:])
+        assert {p.timestamp for p in key} == {key[0].timestamp}
+        ends = [DtmfEvent.parse(p.payload) for p in key[4:]]
+        assert all(e.end and e.duration == 800 for e in ends)
+    # one numbering for both kinds, and the audio clock ran on while the keys sounded
+    assert all(b.sequence == (a.sequence + 1) & 0xFFFF
+               for a, b in zip(packets, packets[1:], strict=False))
+    first = packets.index(events[0])
+    before, after = packets[first - 1], next(p for p in packets[first:] if p.payload_type == 0)
+    ticks = packets.index(after) - (first - 1)
+    assert after.timestamp == (before.timestamp + 160 * ticks) & 0xFFFFFFFF
+    assert events[0].timestamp == (before.timestamp + 160) & 0xFFFFFFFF
+
+
+@ASYNC
+async def test_no_keys_for_a_phone_without_telephone_event() -> None:
+    async with sending() as (_, out, _, _):
+        with pytest.raises(ProtocolError) as refused:
+            out.send_digits("1")
+    assert refused.value.code == "dtmf_unsupported"

@@ -40,6 +40,7 @@ class Baresip:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.log_path = folder / "baresip.log"
+        self.events: list[dict[str, object]] = []  # ctrl_tcp events read so far
 
     def _write_config(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,7 @@ class Baresip:
             await self._reader.readexactly(1)
             if message.get("response"):
                 return dict(message)
+            self.events.append(message)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -4,7 +4,8 @@ The session runs the pipeline with `send_audio=None`: the media clock thread pul
 20 ms of reply audio per packet from `session.playout`, a `SharedPlayout` that it may
 take from safely (`media_clock.py`). Caller audio goes from the
 jitter buffer straight into `session.push_audio` at 8 kHz; RFC 4733 (or SIP INFO)
-digits go to `session.on_dtmf`. The session's hang-up hook sends BYE; its transfer hook
+digits go to `session.on_dtmf`, and the session's digits go out the same way. The
+session's hang-up hook sends BYE; its transfer hook
 sends REFER (RFC 3515: a blind transfer, whose progress comes in NOTIFY requests with
 a message/sipfrag body; once the new leg answers, BYE). A call ends on
 BYE from either side, on RTP silence longer than the RTP timeout, or when the
@@ -79,7 +80,7 @@ class SipCall:
         self.end_reason = ""
         self.session = Session(SAMPLE_RATE, self._send_event, None, clock,
                                options.playout_lead_ms, hangup=self.hangup,
-                               transfer=self.transfer)
+                               transfer=self.transfer, send_dtmf=self.send_dtmf)
         # before the pipeline exists: the one it gets is the one the clock thread may pull
         self.session.playout = SharedPlayout(SAMPLE_RATE, clock, options.playout_lead_ms,
                                              asyncio.get_running_loop())
@@ -167,6 +168,16 @@ class SipCall:
         self._byes.append(self.host.endpoint.start_request(bye, self.dialog.destination()))
         log.info("call %s: BYE sent (%s)", self.call_id, reason)
         self.end(reason)
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Press keypad digits on the line (RFC 4733 events in our RTP); returns once
+        the last has been sent. A `ProtocolError` says why not (a bad digit, a phone
+        that did not offer telephone-event, too many waiting)."""
+        if self.ended.is_set() or self.media.out is None:
+            raise SipError(481, "the call has ended", code="sip_no_call")
+        seconds = self.media.out.send_digits(digits)
+        log.info("call %s: pressing %s", self.call_id, digits)
+        await asyncio.sleep(seconds)
 
     async def transfer(self, target: str) -> None:
         """A blind transfer to `target` (a SIP URI): REFER, then the NOTIFY that says

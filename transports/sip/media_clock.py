@@ -19,6 +19,11 @@ barge-in's `clear()` (or a backchannel's `pause()`) on the loop and the clock's
 `pull()` never interleave: the first tick after `clear()` returns sends silence.
 The first-send callback of a reply (the `first_audio_out` stamp) runs on the loop,
 with the time the clock took the audio.
+
+Keypad digits the assistant presses (`send_digits`, RFC 4733) go out on the same
+clock and numbering: while a digit's event packets are sent the reply audio waits
+(it is not dropped), the audio timestamp moves on with the time, and a short gap of
+ordinary packets separates one digit from the next.
 """
 
 from __future__ import annotations
@@ -29,17 +34,23 @@ import logging
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from voice.clock import MONOTONIC, Clock
+from voice.errors import ProtocolError
 from voice.playout import Playout
+from wire.rtp.dtmf import event_payloads
 from wire.rtp.plan import MediaPlan
 from wire.rtp.stream import OutboundStream, PullChunk
 
 log = logging.getLogger(__name__)
 
 MAX_CATCH_UP = 3  # packets sent back to back after a short stall; beyond it, skip
+DIGIT_MS = 100  # how long each pressed key sounds (RFC 4733 event duration)
+DIGIT_GAP_MS = 60  # ordinary packets between two keys
+MAX_PENDING_DIGITS = 64
 FirstSend = Callable[[int], None]
 
 
@@ -62,6 +73,10 @@ class RtpOut:
         self._pull = pull
         self._lock = threading.Lock()
         self._closed = False
+        # (event payload, marker, starts a key) per tick; None: an ordinary packet
+        self._keys: deque[tuple[bytes, bool, bool] | None] = deque()
+        self._pending_digits = 0
+        self._event_timestamp = 0
 
     @property
     def period_ns(self) -> int:
@@ -89,12 +104,46 @@ class RtpOut:
             self.due_ns += period
             self._send()
 
+    def send_digits(self, digits: str) -> float:
+        """Queue keypad digits (checked: 0-9 * # A-D) after any still queued; returns
+        how many seconds until the last has been sent. `ProtocolError` when the peer
+        did not offer telephone-event or too many digits are waiting."""
+        with self._lock:
+            plan = self.outbound.plan
+            if plan.dtmf_payload_type is None:
+                raise ProtocolError("the phone did not offer telephone-event (RFC 4733)",
+                                    code="dtmf_unsupported")
+            if self._pending_digits + len(digits) > MAX_PENDING_DIGITS:
+                raise ProtocolError(f"at most {MAX_PENDING_DIGITS} keys may wait to be "
+                                    "pressed", code="dtmf_busy")
+            step = self.outbound.samples_per_packet
+            planned: list[tuple[bytes, bool, bool] | None] = []
+            for digit in digits:
+                payloads = event_payloads(digit, DIGIT_MS * 8, step)
+                planned += [(payload, marker, i == 0) for i, (payload, marker)
+                            in enumerate(payloads)]
+                planned += [None] * max(1, DIGIT_GAP_MS // plan.ptime)
+            self._keys.extend(planned)
+            self._pending_digits += len(digits)
+            return len(self._keys) * plan.ptime / 1000
+
     def _send(self) -> None:
         plan = self.outbound.plan
         if not plan.sends:
             self.outbound.skip(1)
             return
-        data = self.outbound.packet(self.outbound.fill(self._pull))
+        key = self._keys.popleft() if self._keys else None
+        if key is not None and plan.dtmf_payload_type is not None:
+            payload, marker, starts = key
+            sender = self.outbound.sender
+            if starts:
+                self._event_timestamp = sender.timestamp
+                self._pending_digits -= 1
+            data = sender.event_packet(plan.dtmf_payload_type, payload,
+                                       self._event_timestamp, marker).serialize()
+            sender.skip(self.outbound.samples_per_packet)  # the audio clock runs on
+        else:
+            data = self.outbound.packet(self.outbound.fill(self._pull))
         try:
             self._sock.sendto(data, (plan.remote_host, plan.remote_port))
         except OSError:
