@@ -31,6 +31,7 @@ def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
 
 
 CALL_TOOLS = ("end_call", "transfer_call", "send_dtmf")
+CLIENT_SETTINGS = ("instructions", "tools", "turn_preset", "voice", "language")
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,10 @@ class Settings:
     tool_filler_message: str = _opt("One moment.", "Said while a slow tool works.")
     max_tool_rounds: int = _opt(3, "Tool rounds in one reply at most; then the model must "
                                 "answer in words.")
-    client_settings: str = _opt("instructions,tools,turn_preset", "Session settings a "
-                                "client may change with session.update (of instructions, "
-                                "tools, turn_preset); empty: none.")
+    client_settings: str = _opt("instructions,tools,turn_preset,voice,language",
+                                "Session settings a client may change with session.update "
+                                "(of instructions, tools, turn_preset, voice, language); "
+                                "empty: none.")
     call_tools: str = _opt("", "Built-in call-control tools offered to the LLM, comma-"
                            "separated: end_call (the reply finishes, then the call ends), "
                            "transfer_call (then a phone call goes to transfer_target), "
@@ -145,6 +147,10 @@ class Settings:
                           shown="(bundled)")
     tts_voice_config: str = _opt("", "Piper voice .onnx.json; empty = next to the voice.",
                                  shown="(next to the voice)")
+    tts_voices: str = _opt("", "More Piper voices a session may choose (session.update "
+                           "voice): .onnx files or folders of them, comma-separated; each "
+                           "is named by its file name without .onnx. All are loaded at "
+                           "start.")
     # Shared inference: STT/TTS on an OpenAI audio API server (another worker, or OpenAI)
     stt_url: str = _opt("", "OpenAI audio API base URL (e.g. http://gpu-box:8001/v1) for "
                         "speech-to-text instead of the local model; empty: local.")
@@ -356,9 +362,9 @@ class Settings:
             (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
             (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
             (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
-            (all(f.strip() in ("instructions", "tools", "turn_preset")
+            (all(f.strip() in CLIENT_SETTINGS
                  for f in self.client_settings.split(",") if f.strip()),
-             "client_settings: choose among instructions, tools, turn_preset"),
+             f"client_settings: choose among {', '.join(CLIENT_SETTINGS)}"),
             (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
             (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
             (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),

@@ -33,7 +33,7 @@ CLIENT_MESSAGE_TYPES = frozenset({"ping", "response.cancel", "session.end", "dtm
                                   "session.update"})
 # what `session.update` may carry, and the checks of its shape (its values are checked
 # by the pipeline, which knows the tools and presets)
-SESSION_FIELDS = ("instructions", "tools", "turn_preset")
+SESSION_FIELDS = ("instructions", "tools", "turn_preset", "voice", "language")
 MAX_INSTRUCTIONS_CHARS = 20_000
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
@@ -131,9 +131,10 @@ def parse_session_fields(session: Any) -> dict[str, Any]:
     if "tools" in session and not (isinstance(tools, list) and len(tools) <= 128
                                    and all(isinstance(t, str) and len(t) <= 64 for t in tools)):
         raise wrong("session.tools must be a list of tool names")
-    preset = session.get("turn_preset")
-    if "turn_preset" in session and not (isinstance(preset, str) and len(preset) <= 40):
-        raise wrong("session.turn_preset must be a string")
+    for name, longest in (("turn_preset", 40), ("voice", 100), ("language", 16)):
+        value = session.get(name)
+        if name in session and not (isinstance(value, str) and 0 < len(value) <= longest):
+            raise wrong(f"session.{name} must be a string of 1-{longest} characters")
     return dict(session)
 
 

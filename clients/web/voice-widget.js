@@ -8,8 +8,8 @@
 // secret, when the service needs one) or token-url (a URL of the page's own server that
 // answers a POST with a fresh client secret, {"value": "ek_..."}, as the service's
 // /v1/realtime/client_secrets does: fetched before every connection attempt, since a
-// secret opens one session), and session settings: instructions, turn-preset, tools
-// (sent as session.update once connected). It shows the connection state,
+// secret opens one session), and session settings: instructions, turn-preset, tools,
+// voice, language (sent as session.update once connected). It shows the connection state,
 // a live level meter of both voices, the transcript of both sides as it happens and each
 // turn's latency by stage, and errors a person can act on. Plain JavaScript, no build step.
 
@@ -134,13 +134,15 @@ class VoiceWidget extends HTMLElement {
   }
 
   // The session settings the page asked for (attributes instructions, turn-preset,
-  // tools: comma-separated tool names), sent as session.update once connected; the
+  // tools: comma-separated tool names, voice, language), sent as session.update once connected; the
   // service refuses (an error shown as a note) what its operator does not let clients
   // change.
   sessionSettings() {
     const session = {};
     if (this.hasAttribute("instructions")) session.instructions = this.getAttribute("instructions");
     if (this.hasAttribute("turn-preset")) session.turn_preset = this.getAttribute("turn-preset");
+    if (this.hasAttribute("voice")) session.voice = this.getAttribute("voice");
+    if (this.hasAttribute("language")) session.language = this.getAttribute("language");
     if (this.hasAttribute("tools")) {
       session.tools = this.getAttribute("tools").split(",").map((t) => t.trim()).filter(Boolean);
     }

@@ -22,6 +22,7 @@ reads as unfinished. Speech over a reply is decided by the `Floor`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from pipelines.cascade.reply import Reply, ReplyContext
 from pipelines.context import keep_from
 from pipelines.providers.models import CascadeModels
+from pipelines.providers.tts import voice_name
 from pipelines.tools import Tool
 from voice.audio import PIPELINE_RATE, Int16Array, array_to_pcm16_bytes, resample
 from voice.clock import Clock
@@ -188,7 +190,7 @@ class CascadePipeline:
         timeline.mark("speech_end", speech_end_ns)
         context = ReplyContext(
             models=self._models, io=self._io, clock=self._clock, history=self.history,
-            system_prompt=self._system_prompt,
+            system_prompt=self._instructions(),
             no_speech_threshold=self._settings.stt_no_speech_threshold,
             history_tokens=self._settings.llm_history_tokens,
             tools=self._tools, max_tool_rounds=self._settings.max_tool_rounds,
@@ -264,7 +266,23 @@ class CascadePipeline:
         if preset not in TURN_PRESETS:
             raise ConfigError(f"session.turn_preset: one of {', '.join(TURN_PRESETS)}",
                               code="invalid_session_update")
-        self._tools = tools  # all checked: now applied, together
+        models = self._models
+        if "voice" in fields:
+            voices = self._models.voices or {voice_name(models.tts): models.tts}
+            if fields["voice"] not in voices:
+                raise ConfigError(f"session.voice: no voice named {fields['voice'][:64]!r}; "
+                                  f"the voices are: {', '.join(voices)}",
+                                  code="invalid_session_update")
+            models = dataclasses.replace(models, tts=voices[fields["voice"]])
+        if "language" in fields:
+            for_language = getattr(models.stt, "for_language", None)
+            if for_language is None:
+                raise ConfigError(f"session.language: the speech-to-text in use "
+                                  f"({models.stt.name}) takes no language",
+                                  code="invalid_session_update")
+            models = dataclasses.replace(models, stt=for_language(fields["language"]))
+        self._models = models  # all checked: now applied, together
+        self._tools = tools
         if preset != self._preset:
             self._listener.use_preset(preset)
             self._preset = preset
@@ -274,7 +292,17 @@ class CascadePipeline:
 
     def session_settings(self) -> dict[str, Any]:
         return {"instructions": self._system_prompt, "tools": list(self._tools.tools),
-                "turn_preset": self._preset}
+                "turn_preset": self._preset, "voice": voice_name(self._models.tts),
+                "language": getattr(self._models.stt, "language", "")}
+
+    def _instructions(self) -> str:
+        """The system prompt, and the session's language when a client chose one other
+        than the service's: the model answers in it."""
+        language = getattr(self._models.stt, "language", "")
+        if language and language != self._settings.stt_language:
+            return (f"{self._system_prompt}\n\nThe caller speaks the language whose "
+                    f"ISO 639-1 code is {language!r}: always answer in that language.")
+        return self._system_prompt
 
     def _all_tool_names(self) -> list[str]:
         return [*self._models.tools.tools, *(b.name for b in self._builtin)]

@@ -18,3 +18,6 @@ class CascadeModels:
     llm: LanguageModel
     tts: TextToSpeech
     tools: ToolBox = field(default_factory=lambda: ToolBox([]))
+    # the voices a session may choose (session.update voice), by name; the default's
+    # included. Empty: only `tts`.
+    voices: dict[str, TextToSpeech] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from pipelines.providers.llm import EchoResponder, Endpoint, LanguageModel, LLMC
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.remote import RemoteSTT, RemoteTTS
 from pipelines.providers.stt import SpeechToText, WhisperSTT
-from pipelines.providers.tts import PiperTTS, TextToSpeech
+from pipelines.providers.tts import PiperTTS, TextToSpeech, load_voices
 from pipelines.tools import ToolBox, load_module, load_webhooks
 from voice.errors import ConfigError, ProviderError
 from voice.redact import redact_url
@@ -79,7 +79,11 @@ def load_models(settings: Settings) -> CascadeModels:
     llm = build_llm(settings)
     log.info("language model: %s", llm.name)
     warm_up(stt, tts)
-    models = CascadeModels(stt=stt, llm=llm, tts=tts, tools=load_tools(settings))
+    voices = load_voices(tts, s.tts_voices)
+    if len(voices) > 1:
+        log.info("voices sessions may choose: %s", ", ".join(voices))
+    models = CascadeModels(stt=stt, llm=llm, tts=tts, tools=load_tools(settings),
+                           voices=voices)
     if settings.debug_stage_delay:  # testing only: pipelines/providers/faults.py
         from pipelines.providers.faults import delayed
         models = delayed(models, settings.debug_stage_delay)

@@ -17,6 +17,7 @@ streams.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import wave
 from typing import Any
@@ -103,6 +104,17 @@ class RemoteSTT:
         self._language = language
         self.name = f"openai-audio:{redact_url(base_url)}:{model}"
         self.breaker = breaker
+
+    @property
+    def language(self) -> str:
+        return self._language
+
+    def for_language(self, code: str) -> RemoteSTT:
+        """The same server, told the session's language (ISO 639-1, as the audio API
+        takes it); the server judges the code."""
+        other = copy.copy(self)
+        other._language = code
+        return other
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
         language: dict[str, Any] = {"language": self._language} if self._language else {}

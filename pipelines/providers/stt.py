@@ -133,12 +133,13 @@ class WhisperSTT:
     """faster-whisper model shared by all sessions; calls wait in its inference queue
     (`voice.scheduler`) and run one at a time on the queue's thread."""
 
-    def __init__(self, model: Any, language: str, name: str) -> None:
+    def __init__(self, model: Any, language: str, name: str,
+                 queue: InferenceQueue | None = None) -> None:
         from faster_whisper.tokenizer import Tokenizer
 
         self._model = model
         self.name = name
-        self.queue = InferenceQueue("stt")
+        self.queue = queue or InferenceQueue("stt")
         self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
                                     task="transcribe", language=language)
         self._language = language
@@ -163,12 +164,35 @@ class WhisperSTT:
             raise ConfigError(f"cannot load faster-whisper model {model_ref!r}: {exc}") from exc
         return cls(model, language, name=f"faster-whisper:{model_ref}")
 
+    @property
+    def language(self) -> str:
+        return self._language
+
+    def for_language(self, code: str) -> WhisperSTT:
+        """This model transcribing `code` (a session's `language`): the same weights and
+        inference queue; a `ConfigError` when the model does not know the language."""
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if code == self._language:
+            return self
+        if not self._model.model.is_multilingual:
+            raise ConfigError(f"session.language: the speech model ({self.name}) knows "
+                              f"only {self._language}; a multilingual Whisper model "
+                              "(--stt-model small, ...) knows others",
+                              code="invalid_session_update")
+        if code not in _LANGUAGE_CODES:
+            raise ConfigError(f"session.language: {code[:16]!r} is not a language code "
+                              "Whisper knows (ISO 639-1, such as en, fr, de)",
+                              code="invalid_session_update")
+        return WhisperSTT(self._model, code, self.name, self.queue)
+
     async def transcribe(self, audio: Int16Array) -> Transcript:
         seconds = len(audio) / PIPELINE_RATE
         try:
-            if seconds <= SHORT_WINDOW_S:
+            if seconds <= SHORT_WINDOW_S:  # batched only with turns of the same language
                 return await self.queue.run_batched(
-                    self._transcribe_windows, audio, key=math.ceil(seconds / BATCH_BUCKET_S))
+                    self._transcribe_windows, audio,
+                    key=(self._language, math.ceil(seconds / BATCH_BUCKET_S)))
             return await self.queue.run(self.transcribe_sync, audio)
         except ProviderError:
             raise

@@ -26,14 +26,15 @@ class PiperTTS:
     """A Piper voice shared by all sessions; synthesis waits in its inference queue
     (`voice.scheduler`) and runs one sentence at a time on the queue's thread."""
 
-    def __init__(self, voice: Any, name: str) -> None:
+    def __init__(self, voice: Any, name: str, queue: InferenceQueue | None = None) -> None:
         self._voice = voice
         self.name = name
-        self.queue = InferenceQueue("tts")
+        self.queue = queue or InferenceQueue("tts")
         self.sample_rate = int(voice.config.sample_rate)
 
     @classmethod
-    def load(cls, voice_path: str, config_path: str) -> PiperTTS:
+    def load(cls, voice_path: str, config_path: str, queue: InferenceQueue | None = None
+             ) -> PiperTTS:
         from piper import PiperVoice
         from piper.config import PiperConfig
 
@@ -52,7 +53,7 @@ class PiperTTS:
                                config=PiperConfig.from_dict(json.loads(Path(config).read_text())))
         except Exception as exc:
             raise ConfigError(f"cannot load Piper voice {voice_path}: {exc}") from exc
-        return cls(voice, name=f"piper:{Path(voice_path).name}")
+        return cls(voice, name=f"piper:{Path(voice_path).name}", queue=queue)
 
     async def synthesize(self, text: str) -> Int16Array:
         try:
@@ -65,6 +66,41 @@ class PiperTTS:
         if not chunks:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(chunks).astype(np.int16, copy=False)
+
+
+def voice_name(tts: TextToSpeech) -> str:
+    """What a session calls a voice: its file name without `.onnx` (`piper:` names)."""
+    return tts.name.removeprefix("piper:").removesuffix(".onnx")
+
+
+def voice_files(spec: str) -> list[Path]:
+    """The `.onnx` files named by `tts_voices`: files, or folders of them."""
+    found: list[Path] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        path = Path(part).expanduser()
+        if path.is_dir():
+            found += sorted(path.glob("*.onnx"))
+        elif path.suffix == ".onnx" and path.is_file():
+            found.append(path)
+        else:
+            raise ConfigError(f"tts_voices: {part} is neither a Piper .onnx file nor a "
+                              "folder of them")
+    return found
+
+
+def load_voices(default: TextToSpeech, spec: str) -> dict[str, TextToSpeech]:
+    """The voices sessions may choose: the default and the `tts_voices`, by name. The
+    Piper voices share the default's inference queue, so a second voice adds no
+    parallel synthesis (the cores are the limit either way), only its memory."""
+    voices = {voice_name(default): default}
+    queue = default.queue if isinstance(default, PiperTTS) else None
+    for path in voice_files(spec):
+        if path.stem in voices:
+            raise ConfigError(f"tts_voices: two voices named {path.stem!r}")
+        voices[path.stem] = PiperTTS.load(str(path), "", queue=queue)
+    return voices
 
 
 def _onnx_session(voice_path: str) -> Any:
