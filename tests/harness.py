@@ -27,6 +27,7 @@ from pipelines.cascade.pipeline import CascadePipeline
 from pipelines.providers.llm import Message
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.stt import Transcript
+from pipelines.tools import ToolBox
 from voice.audio import PIPELINE_RATE, Int16Array
 from voice.clock import MONOTONIC
 from voice.events import Event
@@ -140,12 +141,13 @@ class RecordingIO:
 
 
 class PipelineHarness:
-    def __init__(self, stt: ScriptedSTT, llm: ScriptedLLM, **settings: Any) -> None:
+    def __init__(self, stt: ScriptedSTT, llm: ScriptedLLM, tools: ToolBox | None = None,
+                 **settings: Any) -> None:
         self.stt, self.llm = stt, llm
         self.settings = replace(Settings(), **settings)
         self.io = RecordingIO()
-        self.pipeline = CascadePipeline(CascadeModels(stt=stt, llm=llm, tts=ToneTTS()),
-                                        self.settings, self.io, MONOTONIC)
+        models = CascadeModels(stt=stt, llm=llm, tts=ToneTTS(), tools=tools or ToolBox([]))
+        self.pipeline = CascadePipeline(models, self.settings, self.io, MONOTONIC)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[PipelineHarness]:

@@ -397,6 +397,7 @@ class CascadePipeline:
         if running is None or running.task.done():
             return
         played_ms, played_text = running.reply.played()
+        unrecorded = running.reply.played(unrecorded=True)[1]
         self._io.playout.clear()
         await _cancel(running)
         reply = running.reply
@@ -404,8 +405,8 @@ class CascadePipeline:
             at = next((i for i, m in enumerate(self.history) if m is reply.asked), None)
             if at is not None:
                 del self.history[at:]
-        elif reply.user_text is not None and played_text:
-            self.history.append({"role": "assistant", "content": played_text})
+        elif reply.user_text is not None and unrecorded:
+            self.history.append({"role": "assistant", "content": unrecorded})
         self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,
                                           played_text=played_text, reason=reason))
         log.info("turn %d interrupted (%s) after %d ms of audio", reply.turn_id, reason,

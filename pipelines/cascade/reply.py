@@ -91,6 +91,7 @@ class Reply:
     dropped_reason: str | None = None
     text: str = ""
     _in_history: int = 0  # how much of `text` the history holds (with a tool round)
+    _spoken_in_history: int = 0  # how many of `_spoken` it holds
     _failed: bool = False
     _spoken: list[_Spoken] = field(default_factory=list)
     _base: int | None = None
@@ -186,6 +187,7 @@ class Reply:
                                      result=result.content, ms=round(result.ms, 1)))
             self.ctx.history.extend(item.messages())
             self._in_history = len(self.text)
+            self._spoken_in_history = len(self._spoken)
 
     def _play(self, item: Voiced) -> None:
         playout = self.ctx.io.playout
@@ -212,14 +214,16 @@ class Reply:
             provider=provider, fallback=fallback))
 
     # -- interruption ------------------------------------------------------------------
-    def played(self) -> tuple[int, str]:
-        """Milliseconds of this reply the caller heard, and the words in them."""
+    def played(self, unrecorded: bool = False) -> tuple[int, str]:
+        """Milliseconds of this reply the caller heard, and the words in them (with
+        `unrecorded`, only those the history does not hold yet: the words before a
+        tool round are there already, in the message that made the calls)."""
         if self._base is None:
             return 0, ""
         playout = self.ctx.io.playout
         heard = max(0, playout.played_samples() - self._base)
         words: list[str] = []
-        for piece in self._spoken:
+        for piece in self._spoken[self._spoken_in_history if unrecorded else 0:]:
             if heard >= piece.end:
                 words.append(piece.text)
             elif heard > piece.start:

@@ -4,8 +4,14 @@ models. These rules were only tested end to end before."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
+from pipelines.providers.llm import Message
+from pipelines.tools import ToolBox, ToolCall, from_function
 from tests.harness import (
     DATA,
     TURN_TAKING,
@@ -82,3 +88,41 @@ async def test_speech_right_after_a_turn_continues_it_as_one_utterance() -> None
     assert not [m for m in final if m["role"] == "assistant"]  # the cut reply is forgotten
     assert [t.text for t in harness.io.of(TranscriptFinal)][-1] == (
         "My phone number is five five five. My name is Alice.")
+
+
+class LooksItUp(ScriptedLLM):
+    """Says a few words and calls `lookup` first; then, with the result, the reply."""
+
+    async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                     calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
+        self.prompts.append([dict(m) for m in messages])
+        if tools and calls is not None and messages[-1]["role"] == "user" \
+                and sum(m["role"] == "user" for m in messages) == 1:  # the first question
+            yield "Let me check. "
+            calls.append(ToolCall("call_1", "lookup", "{}"))
+            return
+        for word in self.reply.split(" "):
+            await asyncio.sleep(0)
+            yield word + " "
+
+
+async def test_a_barge_in_after_a_tool_round_keeps_the_words_before_it_once() -> None:
+    async def lookup() -> str:
+        return "sunny, 21 degrees"
+
+    harness = PipelineHarness(ScriptedSTT({"Wait, stop, I meant Tuesday.": STOP,
+                                           "What is the weather like in Paris?": WEATHER}),
+                              LooksItUp(REPLY), tools=ToolBox([from_function(lookup)]))
+    async with harness.running():
+        await harness.say(silence(300), WEATHER, silence(300))
+        await harness.until_playing()
+        await harness.say(silence(3000))  # "Let me check." and some of the answer
+        await harness.say(STOP)
+        (interrupted,) = await harness.wait_for(ResponseInterrupted, timeout=20)
+        await harness.wait_for(ResponseDone, timeout=20)
+    assert interrupted.played_text.startswith("Let me check.")  # the caller heard it all
+    history = harness.llm.prompts[-1][1:]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant", "user"]
+    assert history[1]["content"].strip() == "Let me check."  # the message that made the call
+    after = history[3]["content"]  # what was heard of the answer, and only that
+    assert REPLY.startswith(after) and after != REPLY, after
