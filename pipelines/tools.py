@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from voice.errors import ConfigError
+from voice.events import ToolAnswered, ToolCalled
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class ToolCall:
     name: str
     arguments: str  # JSON text, as the model wrote it
 
+    def event(self, turn_id: int) -> ToolCalled:
+        """The `tool.call` event clients see."""
+        return ToolCalled(turn_id=turn_id, call_id=self.id, name=self.name,
+                          arguments=self.arguments)
+
 
 @dataclass(frozen=True)
 class ToolResult:
@@ -76,6 +82,11 @@ class ToolResult:
     ok: bool
     ms: float
     error: str = ""
+
+    def event(self, turn_id: int) -> ToolAnswered:
+        """The `tool.result` event clients see."""
+        return ToolAnswered(turn_id=turn_id, call_id=self.call.id, name=self.call.name,
+                            ok=self.ok, result=self.content, ms=round(self.ms, 1))
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,

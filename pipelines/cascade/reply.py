@@ -38,8 +38,6 @@ from voice.events import (
     ErrorOccurred,
     ResponseDone,
     ResponseTextDelta,
-    ToolAnswered,
-    ToolCalled,
     TranscriptFinal,
     TurnLatency,
 )
@@ -178,13 +176,10 @@ class Reply:
             io.emit(ErrorOccurred(code=item.error.code, message=item.error.message))
         elif isinstance(item, ToolsCalled):
             for call in item.calls:
-                io.emit(ToolCalled(turn_id=self.turn_id, call_id=call.id, name=call.name,
-                                   arguments=call.arguments))
+                io.emit(call.event(self.turn_id))
         elif isinstance(item, ToolsAnswered):
             for result in item.results:
-                io.emit(ToolAnswered(turn_id=self.turn_id, call_id=result.call.id,
-                                     name=result.call.name, ok=result.ok,
-                                     result=result.content, ms=round(result.ms, 1)))
+                io.emit(result.event(self.turn_id))
             self.ctx.history.extend(item.messages())
             self._in_history = len(self.text)
             self._spoken_in_history = len(self._spoken)

@@ -57,8 +57,6 @@ from voice.events import (
     ResponseTextDelta,
     SpeechStarted,
     SpeechStopped,
-    ToolAnswered,
-    ToolCalled,
 )
 from voice.latency import TurnTimeline
 from voice.playout import Playout
@@ -424,15 +422,12 @@ class RealtimePipeline:
         self._reply, self._timeline, self._awaiting = None, reply.timeline, True
         wanted = [ToolCall(c.call_id, c.name, c.arguments) for c in calls]
         for call in wanted:
-            self._io.emit(ToolCalled(turn_id=reply.turn_id, call_id=call.id, name=call.name,
-                                     arguments=call.arguments))
+            self._io.emit(call.event(reply.turn_id))
 
         async def run() -> None:
             results = await tools.run_all(wanted)
             for result in results:
-                self._io.emit(ToolAnswered(turn_id=reply.turn_id, call_id=result.call.id,
-                                           name=result.call.name, ok=result.ok,
-                                           result=result.content, ms=round(result.ms, 1)))
+                self._io.emit(result.event(reply.turn_id))
                 await self._link.send(ce.function_call_output(result.call.id, result.content))
             if self._awaiting and self._turn_id == reply.turn_id:  # not spoken over since
                 await self._link.send(ce.response_create())
