@@ -95,6 +95,7 @@ class LLMServer:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour = behaviour if behaviour is not None else Behaviour()
         self.requests: list[dict[str, Any]] = []
+        self.usage_sent: list[dict[str, int]] = []  # each `usage` it reported, in order
         self.connections_accepted = 0
         self._arrivals = asyncio.Condition()
         self._server: asyncio.Server | None = None
@@ -249,7 +250,9 @@ class LLMServer:
         await response.send_event(payloads.chunk(
             {}, finish_reason="tool_calls" if tools else "stop"))
         if request.include_usage:
-            await response.send_event(payloads.usage_chunk(_usage(request.messages, deltas)))
+            usage = _usage(request.messages, deltas)
+            await response.send_event(payloads.usage_chunk(usage))
+            self.usage_sent.append(usage)
         await response.send_event("[DONE]")
         await response.end_events()
 
@@ -263,7 +266,9 @@ class LLMServer:
     ) -> None:
         await asyncio.sleep(self.behaviour.token_interval * max(len(deltas) - 1, 0))
         payloads = _Payloads(request.model)
-        completion = payloads.completion("".join(deltas), _usage(request.messages, deltas))
+        usage = _usage(request.messages, deltas)
+        completion = payloads.completion("".join(deltas), usage)
+        self.usage_sent.append(usage)
         if tools:
             choice = completion["choices"][0]
             choice["finish_reason"] = "tool_calls"

@@ -39,7 +39,13 @@ from pipelines.providers.models import CascadeModels
 from pipelines.providers.stt import hallucination_reason
 from pipelines.sentences import SentenceSplitter, clean_for_speech
 from pipelines.tools import ToolBox, ToolCall, ToolResult
-from voice.audio import Int16Array, array_to_pcm16_bytes, resample, trim_leading_silence
+from voice.audio import (
+    PIPELINE_RATE,
+    Int16Array,
+    array_to_pcm16_bytes,
+    resample,
+    trim_leading_silence,
+)
 from voice.errors import ProviderError
 from voice.scheduler import DEMAND, current_demand
 
@@ -168,6 +174,7 @@ class Generation:
         self.outbox.put_nowait(Completed())
 
     async def _transcribe(self, audio: Int16Array) -> tuple[str | None, str]:
+        self.trace.usage.stt_seconds += len(audio) / PIPELINE_RATE
         transcript = await self.models.stt.transcribe(audio)
         self.stamp("stt_final")
         reason = hallucination_reason(transcript, self.no_speech_threshold)
@@ -240,6 +247,7 @@ class Generation:
         if self.hold is not None:
             await self.hold.wait()  # a tool acts on the world: never for a speculation
         self.outbox.put_nowait(ToolsCalled(calls))
+        self.trace.usage.tool_calls += len(calls)
         running = asyncio.ensure_future(self.tools.run_all(calls))
         try:
             done, _ = await asyncio.wait({running}, timeout=self.tool_filler_s)
@@ -271,6 +279,8 @@ class Generation:
         self.stamp("tts_first_text")
         tts = self.models.tts
         samples = await tts.synthesize(spoken)
+        self.trace.usage.tts_characters += len(spoken)
+        self.trace.usage.tts_seconds += len(samples) / tts.sample_rate
         if self._first_audio:
             samples = trim_leading_silence(samples, tts.sample_rate)
             self._first_audio = False

@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 
@@ -34,6 +35,7 @@ from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
 from service.access import SESSION_PATHS, Door, select_subprotocol
+from service.call_records import CallRecorder, CallRecords
 from service.health import LiveSessions, breakers, readiness, replies_running
 from service.local_llm import LocalLLM, start_local_llm
 from service.static import StaticFiles
@@ -49,9 +51,13 @@ from voice.metrics import LiveSession, ModelQueue, ServiceMetrics, WorkerLoad
 from voice.scheduler import Headroom, InferenceQueue
 from voice.session import Pipeline, PipelineFactory, Session, SessionIO
 from voice.settings import Settings
+from voice.usage import Prices
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
+
+# who opened the session being set up: the label of its credential ("key 2"), "" if none
+TENANT: ContextVar[str] = ContextVar("tenant", default="")
 
 
 def http_response(status: HTTPStatus, body: bytes, content_type: str,
@@ -85,6 +91,10 @@ class Service:
         self.live = LiveSessions()
         self.metrics = ServiceMetrics(self.live.live, self.load, self.breakers,
                                       self.live.audio_frames)
+        self.records = CallRecords(settings.call_records_dir, settings.call_records_url,
+                                   settings.call_records_secret, settings.call_records_days,
+                                   Prices.load(settings.price_table))
+        self._recording: set[asyncio.Task[None]] = set()
         self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
         self.realtime_api = RealtimeApiEndpoint(settings, models)
         self.realtime_provider = WebSocketProvider(
@@ -126,12 +136,30 @@ class Service:
                 self.live.add(session, live)
                 self.metrics.session_started(live)
                 session.observers.append(functools.partial(self.metrics.observe, chosen))
+                recorder = CallRecorder(session.id, transport, chosen, TENANT.get())
+                session.observers.append(recorder.observe)
+                task = asyncio.create_task(self._record(session, recorder),
+                                           name=f"{session.id}-record")
+                self._recording.add(task)
+                task.add_done_callback(self._recording.discard)
                 if self.settings.max_session_s:
                     session.time_limit = (self.settings.max_session_s,
                                           self.settings.max_session_message)
                 return make(session)
             return chosen, build
         return lookup
+
+    async def _record(self, session: Session, recorder: CallRecorder) -> None:
+        """When `session` ends: its usage into /metrics, its record delivered."""
+        await session.ended.wait()
+        usage = session.usage_event()
+        record = recorder.record(session.end_reason or "the caller hung up", usage,
+                                 self.records.prices)
+        if usage is not None:
+            self.metrics.session_used(recorder.tenant or "none", usage.usage,
+                                      record["cost"]["usd"])
+        if self.records.enabled:
+            self.records.deliver(record)
 
     def load(self) -> WorkerLoad:
         queues = tuple(ModelQueue(s.name, s.busy, sum(s.waiting.values()), s.now_wait_p90_s,
@@ -170,9 +198,10 @@ class Service:
             self.door.turn_away(connection)
             await connection.close(CLOSE_TRY_AGAIN, ticket.message[:120])
             return
+        grant = self.door.grant_of(connection)
+        TENANT.set(grant.label if grant is not None else "")
         with ticket:
             if path == REALTIME_API_PATH:
-                grant = self.door.grant_of(connection)
                 await self.realtime_api.handle(connection, grant.session if grant else {})
             elif path == "/rtc":
                 await self.webrtc.handle(connection)
@@ -234,6 +263,7 @@ class Service:
         return http_response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     async def start(self) -> None:
+        self.records.start()
         if self.sip is not None:
             await self.sip.start()
         if self.audio_api is not None:
@@ -290,6 +320,9 @@ class Service:
         if self.audio_api is not None:
             await self.audio_api.stop()
         await self._server.wait_closed()
+        if self._recording:  # the records of the sessions just closed
+            await asyncio.wait(set(self._recording), timeout=5)
+        await self.records.close()
         log.info("stopped")
 
 

@@ -117,6 +117,28 @@ class TurnLatency(Event):
 
 
 @dataclass(frozen=True)
+class TurnUsage(Event):
+    """What one turn's reply used (voice/usage.py `Usage.to_dict()`), and which priced
+    models did the work (`llm`, `stt`, `tts`, `realtime`; "" for a local model)."""
+
+    type: ClassVar[str] = "turn.usage"
+    turn_id: int
+    usage: dict[str, Any]
+    models: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SessionUsage(Event):
+    """What the whole session used, sent when the service ends it (a hang-up, the time
+    limit, a drain): turns, interrupted replies and thrown-away speculations."""
+
+    type: ClassVar[str] = "session.usage"
+    usage: dict[str, Any]
+    models: dict[str, str]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ErrorOccurred(Event):
     type: ClassVar[str] = "error"
     code: str

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -76,7 +77,19 @@ class ServiceMetrics:
                                      registry=self.registry)
         self.sessions = Counter("voice_sessions", "Sessions started.",
                                 ["transport", "pipeline"], registry=self.registry)
+        self.usage = Counter("voice_usage", "What ended sessions used, by kind (LLM tokens, "
+                             "STT/TTS seconds, TTS characters, tool calls, realtime tokens) "
+                             "and tenant (the credential that opened the session).",
+                             ["kind", "tenant"], registry=self.registry)
+        self.cost = Counter("voice_cost_usd", "What ended sessions cost by the price table, "
+                            "in US dollars, by tenant.", ["tenant"], registry=self.registry)
         self.registry.register(_Gauges(live, load, breakers, frames))
+
+    def session_used(self, tenant: str, usage: dict[str, Any], usd: float) -> None:
+        for kind, value in usage.items():
+            if not isinstance(value, bool) and value:
+                self.usage.labels(kind, tenant).inc(value)
+        self.cost.labels(tenant).inc(usd)
 
     def session_started(self, session: LiveSession) -> None:
         self.sessions.labels(session.transport, session.pipeline).inc()

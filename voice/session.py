@@ -16,11 +16,19 @@ from typing import Any, Protocol
 from voice.audio import Int16Array
 from voice.clock import Clock
 from voice.errors import VoiceError
-from voice.events import DtmfReceived, ErrorOccurred, Event, Pong, SessionUpdated
+from voice.events import (
+    DtmfReceived,
+    ErrorOccurred,
+    Event,
+    Pong,
+    SessionUpdated,
+    SessionUsage,
+)
 from voice.logs import SESSION_ID
 from voice.playout import Playout
 from voice.scheduler import DEMAND, Demand
 from voice.tasks import EVENT_QUEUE_ITEMS, CappedQueue
+from voice.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +129,8 @@ class Session:
         self.id = session_id or new_session_id()
         self.sample_rate = sample_rate
         self.clock = clock
+        self.started_ns = clock.now_ns()
+        self.end_reason = ""  # why we ended it (set by `hangup`); "": the caller did
         self._pushes_audio = send_audio is not None
         self.playout = Playout(send_audio or _pull_only, sample_rate, clock,
                                lead_ms=playout_lead_ms)
@@ -186,9 +196,22 @@ class Session:
         if self.pipeline is not None:
             await self.pipeline.handle_dtmf(digit)
 
+    def usage_event(self) -> SessionUsage | None:
+        """What the session used so far (its pipeline's count), None if it keeps none."""
+        usage: Usage | None = getattr(self.pipeline, "usage", None)
+        if usage is None:
+            return None
+        return SessionUsage(usage=usage.to_dict(),
+                            models=dict(getattr(self.pipeline, "usage_models", {})),
+                            seconds=round((self.clock.now_ns() - self.started_ns) / 1e9, 3))
+
     async def hangup(self, reason: str) -> None:
-        """End the call from our side (SIP BYE, WebSocket close)."""
+        """End the call from our side (SIP BYE, WebSocket close), telling the client
+        what the session used first."""
         log.info("session %s: hanging up (%s)", self.id, reason)
+        self.end_reason = self.end_reason or reason
+        if (usage := self.usage_event()) is not None:
+            self.emit(usage)
         if self._hangup is not None:
             await self._hangup(reason)
 

@@ -231,6 +231,19 @@ class Settings:
     max_session_message: str = _opt("We have reached the time limit for this call. Goodbye.",
                                      "Spoken when a session reaches max_session_s.")
     playout_lead_ms: int = _opt(200, "How far ahead of real time reply audio is sent.")
+    # usage, cost and call records (voice/usage.py, service/call_records.py)
+    price_table: str = _opt("", "JSON file of prices ({\"prices\": [{\"model\": ..., "
+                            "\"dated\": ..., \"input_per_m\": ...}]}) added to the built-in "
+                            "OpenAI list prices; local models cost nothing per use.",
+                            shown="(built-in)")
+    call_records_dir: str = _opt("", "Directory for a JSON record of every call (transcript, "
+                                 "latency, usage, cost, end reason).", shown="(none)")
+    call_records_url: str = _opt("", "Webhook that is POSTed every call's record (retried "
+                                 "with backoff, never holding up a call).", shown="(none)")
+    call_records_secret: str = _opt("", "Key of the webhook's HMAC-SHA256 signature "
+                                    "(X-Voice-Signature).", secret=True, shown="(none)")
+    call_records_days: float = _opt(30.0, "Days call records are kept in call_records_dir; "
+                                    "0: for ever.")
     # WebRTC (transports/webrtc; docs/protocol.md "WebRTC")
     rtc_allow_loopback: bool = _opt(False, "Offer 127.0.0.1 as a WebRTC ICE candidate, so a "
                                     "browser on this machine connects with no network.")
@@ -317,6 +330,9 @@ class Settings:
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.max_session_s >= 0, "max_session_s must be >= 0"),
+            (self.call_records_days >= 0, "call_records_days must be >= 0"),
+            (not self.call_records_url or self.call_records_url.startswith(
+                ("http://", "https://")), "call_records_url must be an http(s) URL"),
             (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
             (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
             (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),

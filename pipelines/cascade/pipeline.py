@@ -61,6 +61,7 @@ from voice.turntaking.endpointing import TURN_PRESETS
 from voice.turntaking.floor import Floor, Verdict
 from voice.turntaking.listener import STARVATION_S, Listener, TurnConfig
 from voice.turntaking.prosody import final_pitch_ratio
+from voice.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class CascadePipeline:
         self._system_prompt = settings.system_prompt
         self._preset = settings.turn_preset
         self._end_after_reply: str | None = None  # end_call was used: why
+        self.usage = Usage()  # the session's: every reply's, thrown-away ones too
+        self.usage_models: dict[str, str] = models.priced("")
         self._transfer_after_reply = False  # transfer_call was used
 
     @property
@@ -353,7 +356,16 @@ class CascadePipeline:
         return [known[n.strip()] for n in names.split(",") if n.strip() in known]
 
     async def _guarded(self, reply: Reply) -> None:
-        """A bug in one reply ends that reply with an error event, never the session."""
+        """A bug in one reply ends that reply with an error event, never the session.
+        Whatever becomes of the reply, the session's usage gets what it used."""
+        try:
+            await self._run_reply(reply)
+        finally:
+            self.usage.add(reply.generation.trace.usage)
+            self.usage_models = reply.ctx.models.priced(
+                reply.generation.trace.model or self.usage_models.get("llm", ""))
+
+    async def _run_reply(self, reply: Reply) -> None:
         try:
             await reply.run()
             # what the LLM will never read again leaves memory too (the budget is
@@ -407,6 +419,7 @@ class CascadePipeline:
                 del self.history[at:]
         elif reply.user_text is not None and unrecorded:
             self.history.append({"role": "assistant", "content": unrecorded})
+        self._io.emit(reply.usage_event())
         self._io.emit(ResponseInterrupted(turn_id=reply.turn_id, played_ms=played_ms,
                                           played_text=played_text, reason=reason))
         log.info("turn %d interrupted (%s) after %d ms of audio", reply.turn_id, reason,

@@ -40,6 +40,7 @@ from voice.events import (
     ResponseTextDelta,
     TranscriptFinal,
     TurnLatency,
+    TurnUsage,
 )
 from voice.latency import TurnTimeline
 from voice.playout import wait_until_played
@@ -156,7 +157,13 @@ class Reply:
             # the caller heard the apology: so does the model, and the next user
             # message does not follow this one unanswered
             self.ctx.history.append({"role": "assistant", "content": APOLOGY})
+        self.ctx.io.emit(self.usage_event())
         self.ctx.io.emit(ResponseDone(turn_id=self.turn_id, text=self.text))
+
+    def usage_event(self) -> TurnUsage:
+        trace = self.generation.trace
+        return TurnUsage(turn_id=self.turn_id, usage=trace.usage.to_dict(),
+                         models=self.ctx.models.priced(trace.model))
 
     def _forward(self, item: Output) -> None:
         io = self.ctx.io

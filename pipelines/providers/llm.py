@@ -20,6 +20,7 @@ endpoint costs the caller a full round trip that the next endpoint does not.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +34,7 @@ from pipelines.tools import ToolCall
 from voice.errors import ProviderError, ProviderRateLimited, ProviderTimeout
 from voice.redact import redact_url
 from voice.resilience import CircuitBreaker, retry_after_s
+from voice.usage import CHARS_PER_TOKEN, Usage, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class ProviderTrace:
 
     served_by: str = ""
     fallbacks: list[str] = field(default_factory=list)  # "<endpoint>: <why>"
+    usage: Usage = field(default_factory=Usage)  # tokens of every request, fallbacks' too
+    model: str = ""  # the model name of the endpoint that served (for its price)
 
     @property
     def fallback(self) -> str:
@@ -83,12 +87,16 @@ class OpenAIChat:
         self._reply_timeout_s = reply_timeout_s
         self._max_tokens = max_tokens
         self.name = f"openai-compatible:{redact_url(base_url or '') or 'api.openai.com'}:{model}"
+        self.model_id = model
 
     async def stream(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
                      calls: list[ToolCall] | None = None) -> AsyncIterator[str]:
         clock = _ReplyClock(self._first_token_timeout_s, self._timeout_s, self._reply_timeout_s)
-        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        extra: dict[str, Any] = {"stream_options": {"include_usage": True}}
+        if tools:
+            extra["tools"] = tools
         wanted = _ToolCallParts()
+        counted = _Counted(messages)
         try:
             async with asyncio.timeout(clock.wait()):
                 response: Any = await self._client.chat.completions.create(
@@ -101,6 +109,7 @@ class OpenAIChat:
                         chunk = await anext(iterator, None)
                     if chunk is None:
                         break
+                    counted.push(chunk)
                     if text := _content(chunk):
                         clock.first = False
                         yield text
@@ -108,6 +117,7 @@ class OpenAIChat:
                         clock.first = False
             finally:
                 await response.close()
+                counted.report(wanted)
         except TimeoutError as exc:
             raise ProviderTimeout(clock.why(), provider=self.name, code="llm_timeout") from exc
         except openai.OpenAIError as exc:
@@ -176,9 +186,45 @@ class _ToolCallParts:
                 part["arguments"] += arguments
         return bool(deltas)
 
+    def text(self) -> str:
+        """The calls' names and arguments as the model wrote them (for a token estimate)."""
+        return "".join(p["name"] + p["arguments"] for p in self._parts.values())
+
     def calls(self) -> list[ToolCall]:
         return [ToolCall(p["id"] or f"call_{i}", p["name"], p["arguments"])
                 for i, p in sorted(self._parts.items())]
+
+
+class _Counted:
+    """One request's usage: the endpoint's own (`stream_options.include_usage`), or,
+    when it sends none, an estimate from the characters in and out; reported into the
+    turn's trace (`TURN_TRACE`) once the stream ends, however it ends."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self._messages = messages
+        self._usage: Any = None
+        self._text: list[str] = []
+
+    def push(self, chunk: Any) -> None:
+        if getattr(chunk, "usage", None) is not None:
+            self._usage = chunk.usage
+        self._text.append(_content(chunk))
+
+    def report(self, calls: _ToolCallParts) -> None:
+        trace = TURN_TRACE.get()
+        if trace is None:
+            return
+        usage = self._usage
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if isinstance(prompt, int) and isinstance(completion, int):
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached = getattr(details, "cached_tokens", None)
+            trace.usage.llm(prompt, completion, cached if isinstance(cached, int) else 0)
+            return
+        asked = sum(len(json.dumps(m, default=str)) for m in self._messages)
+        said = "".join(self._text) + calls.text()
+        trace.usage.llm(-(-asked // CHARS_PER_TOKEN), estimate_tokens(said), estimated=True)
 
 
 def _content(chunk: Any) -> str:
@@ -279,6 +325,7 @@ class LLMChain:
                 continue
             breaker.record_success()
             trace.served_by = model.name
+            trace.model = getattr(model, "model_id", "")
             for passed in self.endpoints[: self.endpoints.index(endpoint)]:
                 passed.breaker.diverted += 1
             if reasons:

@@ -21,3 +21,9 @@ class CascadeModels:
     # the voices a session may choose (session.update voice), by name; the default's
     # included. Empty: only `tts`.
     voices: dict[str, TextToSpeech] = field(default_factory=dict)
+
+    def priced(self, llm_model: str) -> dict[str, str]:
+        """The models a price table knows them by (voice/usage.py `Models`): the LLM
+        that served (`llm_model`), and a remote STT or TTS's model; "" for local ones."""
+        return {"llm": llm_model, "stt": getattr(self.stt, "priced_model", ""),
+                "tts": getattr(self.tts, "priced_model", ""), "realtime": ""}

@@ -101,6 +101,7 @@ class RemoteSTT:
                  timeout_s: float, breaker: CircuitBreaker) -> None:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
+        self.priced_model = model
         self._language = language
         self.name = f"openai-audio:{redact_url(base_url)}:{model}"
         self.breaker = breaker
@@ -142,6 +143,7 @@ class RemoteTTS:
                  timeout_s: float, breaker: CircuitBreaker) -> None:
         self._client = _LoopClient(base_url, api_key, timeout_s)
         self._model = model
+        self.priced_model = model
         self._voice = voice
         self.name = f"openai-audio:{redact_url(base_url)}:{model}:{voice}"
         self.breaker = breaker
