@@ -184,13 +184,26 @@ class ResponseRun:
                                  item=item.to_wire()))
         self._send(event("response.done", response=self._resource(status)))
 
+    def _usage(self) -> dict[str, Any]:
+        """The response's tokens in OpenAI's shape: text from the LLM's own counts (the
+        whole conversation it read, in; its reply, out), audio at OpenAI's rates (a
+        token per 100 ms of the caller's turn heard, per 50 ms of reply spoken)."""
+        used = self._generation.trace.usage
+        audio_in = round(used.stt_seconds * 10)
+        audio_out = round(used.tts_seconds * 20) if self._audio else 0
+        text_in, text_out = used.llm_prompt_tokens, used.llm_completion_tokens
+        return {"total_tokens": text_in + audio_in + text_out + audio_out,
+                "input_tokens": text_in + audio_in, "output_tokens": text_out + audio_out,
+                "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in,
+                                        "cached_tokens": used.llm_cached_tokens},
+                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
+
     def _resource(self, status: str) -> dict[str, Any]:
         details: dict[str, Any] | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": self.cancel_reason}
         elif status == "failed":
             details = {"type": "failed", "error": self._error}
-        words = len((self._item.text or "").split()) if self._item else 0
         final = status != "in_progress"
         return {
             "object": "realtime.response", "id": self.id, "status": status,
@@ -199,8 +212,7 @@ class ResponseRun:
             "conversation_id": self._options.conversation_id,
             "output_modalities": list(self._options.modalities), "max_output_tokens": "inf",
             "audio": {"output": {"format": PCM_FORMAT, "voice": self._options.voice}},
-            "usage": ({"total_tokens": words, "input_tokens": 0, "output_tokens": words}
-                      if final else None),
+            "usage": self._usage() if final else None,
             "metadata": self._options.metadata,
         }
 

@@ -20,6 +20,7 @@ from latency_tests.suite.metrics import SPEECH_KINDS
 from latency_tests.suite.report import headline, write_report
 from latency_tests.suite.results import RunResults, TurnResult
 from latency_tests.suite.runner import run_clip
+from voice.usage import Prices
 
 QUESTION = "q_flight"  # said before each interruption, so that there is a reply to stop
 DEFAULT_BUDGET_MS = 800.0
@@ -50,6 +51,12 @@ def add_latency_commands(parser: argparse.ArgumentParser) -> None:
                      help="testing only: start the service with this stage delay, e.g. "
                      "stt=150 (a regression on purpose)")
     _add_check_arguments(run, required=False)
+    compare_runs = sub.add_parser("compare", help="runs side by side: latency, WER and "
+                                  "cost per minute (e.g. the cascade against realtime)")
+    compare_runs.add_argument("results", nargs="+", help="runs' output folders")
+    compare_runs.add_argument("--out", required=True, help="folder for compare.md, cost.png")
+    compare_runs.add_argument("--price-table", default="",
+                              help="JSON price rows (as `voice serve --price-table`)")
     check = sub.add_parser("check", help="compare a run with a baseline")
     check.add_argument("results", help="a run's output folder or its results.json")
     _add_check_arguments(check, required=True)
@@ -68,7 +75,27 @@ def _add_check_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
 def run_command(args: argparse.Namespace) -> int:
     if args.latency_command == "run":
         return cmd_run(args)
+    if args.latency_command == "compare":
+        return cmd_compare(args)
     return cmd_check(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from latency_tests.suite.cost import comparison, comparison_chart
+
+    runs = [RunResults.load_file(Path(p) / "results.json" if Path(p).is_dir() else Path(p))
+            for p in args.results]
+    prices = Prices.load(args.price_table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table_lines = comparison(runs, prices)
+    comparison_chart(runs, prices, out / "cost.png")
+    (out / "compare.md").write_text("\n".join(
+        ["# Latency, WER and cost per minute", "", *table_lines, "",
+         "![latency and cost](cost.png)"]) + "\n")
+    print("\n".join(table_lines))
+    print(f"written: {out / 'compare.md'}, {out / 'cost.png'}")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -150,6 +150,29 @@ def answered_transcript(trial: Trial) -> str:
     return str(finals[-1].get("text", "")) if finals else ""
 
 
+def usage(trial: Trial) -> tuple[dict[str, float], dict[str, str]]:
+    """What the session used, from its `turn.usage` events (the last of each turn: the
+    realtime pipeline reports a turn's running total after each provider response),
+    and the priced models that did the work."""
+    last: dict[Any, dict[str, Any]] = {}
+    for event in trial.of_type("turn.usage"):
+        last[event.get("turn_id")] = event
+    total: dict[str, float] = {}
+    models: dict[str, str] = {}
+    for event in last.values():
+        for name, value in dict(event.get("usage") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = round(total.get(name, 0) + value, 3)
+        models = {str(k): str(v) for k, v in dict(event.get("models") or {}).items()}
+    return total, models
+
+
+def session_seconds(trial: Trial) -> float:
+    """How long the session lasted, as its client saw events arrive."""
+    times = [e["_received_ns"] for e in trial.events if "_received_ns" in e]
+    return round((max(times) - min(times)) / 1e9, 3) if len(times) > 1 else 0.0
+
+
 def stage_work_ms(stamps_ms: dict[str, float]) -> dict[str, float]:
     return {name: round(stamps_ms[end] - stamps_ms[start], 1)
             for name, start, end in WORK_SPANS if start in stamps_ms and end in stamps_ms}

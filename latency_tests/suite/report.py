@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from latency_tests.suite.baseline import Finding, table, timing_metrics, utterance_records
+from latency_tests.suite.cost import cost_lines
 from latency_tests.suite.load import LoadLevel, capacity, summarize_level
 from latency_tests.suite.results import FUNCTIONAL_FLAGS, RunResults, TurnResult
 from latency_tests.suite.stats import median, percentile
 from voice.errors import ConfigError
+from voice.usage import Prices
 
 CHARTS = {"stages.png": "Where the time goes, per utterance",
           "v2v.png": "Client voice-to-voice distribution",
@@ -53,6 +55,7 @@ def markdown(run: RunResults, levels: Sequence[LoadLevel], cap: int,
         shown = f"{value:.3f}" if metric == "wer" else f"{value:.0f} ms"
         lines.append(f"| {metric} | {shown} |")
     lines += ["", headline(run.turns)]
+    lines += ["", "## Cost", "", *cost_lines(run, Prices())]
     lines += ["", "## Functional failures", "", functional_summary(run.turns)]
     if findings is not None:
         lines += ["", "## Check against the baseline", "", table(findings)]

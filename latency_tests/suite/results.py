@@ -40,6 +40,9 @@ class TurnResult:
     missed_barge_in: bool = False
     barge_in_ms: float | None = None
     reply_gap_ms: float | None = None  # the longest the reply's playback ran dry
+    usage: dict[str, float] = field(default_factory=dict)  # the session's turn.usage
+    models: dict[str, str] = field(default_factory=dict)  # the priced models it names
+    seconds: float = 0.0  # the session's length (for cost per minute)
     error: str = ""
 
     @property
@@ -60,6 +63,7 @@ class TurnResult:
         transcript = metrics.answered_transcript(trial)
         missed, reaction = metrics.barge_in(trial)
         speaks = utt.kind in metrics.SPEECH_KINDS
+        used, models = metrics.usage(trial)
         return cls(
             utterance=utt.name, source=utt.source, kind=utt.kind, condition=utt.condition,
             transport=transport, pipeline=pipeline, **where,
@@ -71,7 +75,8 @@ class TurnResult:
             turns=metrics.answered_turns(trial), cut_off=metrics.is_cut_off(trial),
             false_trigger=metrics.is_false_trigger(trial), no_reply=metrics.has_no_reply(trial),
             missed_barge_in=missed, barge_in_ms=reaction,
-            reply_gap_ms=metrics.reply_gap_ms(trial) if speaks else None)
+            reply_gap_ms=metrics.reply_gap_ms(trial) if speaks else None,
+            usage=used, models=models, seconds=metrics.session_seconds(trial))
 
     @classmethod
     def failed(cls, utt: Utterance, transport: str, pipeline: str, error: str,

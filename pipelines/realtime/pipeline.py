@@ -57,6 +57,7 @@ from voice.events import (
     ResponseTextDelta,
     SpeechStarted,
     SpeechStopped,
+    TurnUsage,
 )
 from voice.latency import TurnTimeline
 from voice.playout import Playout
@@ -67,6 +68,7 @@ from voice.turntaking.detector import (
     TurnEnded,
 )
 from voice.turntaking.listener import STARVATION_S
+from voice.usage import Usage
 from wire.openai_realtime import client_events as ce
 from wire.openai_realtime import server_events as rt
 
@@ -115,6 +117,20 @@ class RealtimePipeline:
         self._conversation = Conversation()
         self._player = ReplyPlayer(io, tts, provider.name, self._conversation)
         self._tasks: asyncio.TaskGroup | None = None
+        self._used = Usage()  # the provider's responses' (voice/usage.py)
+        self._turn_used = Usage()
+        self.usage_models = {"llm": "", "stt": "", "tts": "",
+                             "realtime": str(getattr(provider, "model", ""))}
+
+    @property
+    def usage(self) -> Usage:
+        """What the session used: the provider's responses, and the fallback's turns."""
+        total = Usage()
+        total.add(self._used)
+        delegated = getattr(self._delegate, "usage", None)
+        if isinstance(delegated, Usage):
+            total.add(delegated)
+        return total
 
     # -- the Pipeline protocol ---------------------------------------------------------
     @property
@@ -305,6 +321,7 @@ class RealtimePipeline:
         if interrupt and self.reply_playing():
             await self.interrupt("barge_in")
         self._turn_id += 1
+        self._turn_used = Usage()
         self._timeline = TurnTimeline(self._turn_id)
         if speech_start_ns is not None:
             self._timeline.mark("speech_start", speech_start_ns)
@@ -397,6 +414,16 @@ class RealtimePipeline:
         self._io.emit(ResponseTextDelta(turn_id=reply.turn_id, delta=event.delta))
 
     def _on_response_done(self, event: rt.ResponseDone) -> None:
+        if event.usage is not None:  # counted whatever became of the reply
+            used = Usage(realtime_text_in_tokens=event.usage.text_in,
+                         realtime_audio_in_tokens=event.usage.audio_in,
+                         realtime_cached_tokens=event.usage.cached_in,
+                         realtime_text_out_tokens=event.usage.text_out,
+                         realtime_audio_out_tokens=event.usage.audio_out)
+            self._used.add(used)
+            self._turn_used.add(used)  # a turn with tool rounds has several responses
+            self._io.emit(TurnUsage(turn_id=self._turn_id, usage=self._turn_used.to_dict(),
+                                    models=self.usage_models))
         reply = self._current(event.response_id)
         if reply is None:
             return

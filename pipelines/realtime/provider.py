@@ -85,6 +85,7 @@ class WebSocketProvider:
         self._timeout_s = timeout_s
         parts = urlsplit(redact_url(url))
         self.name = f"realtime:{parts.netloc}{parts.path}:{model}"
+        self.model = model
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[ProviderConnection]:

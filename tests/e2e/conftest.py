@@ -167,3 +167,18 @@ async def converse(client: VoiceClient, path: str, timeout: float = 20.0) -> dic
                 if event["type"] in ("response.done", "response.interrupted"):
                     return event
             await client.stream_silence(0.1)
+
+
+async def call_record(directory: Path, session_id: str, timeout: float = 15.0
+                      ) -> dict[str, Any]:
+    """The call record the service wrote for `session_id` (service/call_records.py)."""
+    deadline = time.monotonic() + timeout
+    while (record := _read_record(directory, session_id)) is None:
+        assert time.monotonic() < deadline, f"no call record for {session_id} in {directory}"
+        await asyncio.sleep(0.1)
+    return record
+
+
+def _read_record(directory: Path, session_id: str) -> dict[str, Any] | None:
+    found = list(directory.glob(f"*/{session_id}.json"))
+    return dict(json.loads(found[0].read_text())) if found else None

@@ -23,7 +23,13 @@ from clients.sip_client import SipPhone
 from latency_tests.llm_server import LLMServer
 from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
-from tests.e2e.conftest import RunningService, start_service, stop_service, transcribe_back
+from tests.e2e.conftest import (
+    RunningService,
+    call_record,
+    start_service,
+    stop_service,
+    transcribe_back,
+)
 from tests.integration.test_sip_bridge import HOSTILE
 from tests.sip.baresip import BARESIP, Baresip, pcm_wav
 from tests.sip.relay import Impairment, SipRelay
@@ -58,9 +64,11 @@ class SipService:
 @pytest.fixture(scope="module")
 def sip_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SipService]:
     port = free_udp_port()
-    running = start_service(tmp_path_factory.mktemp("sip"), {
+    folder = tmp_path_factory.mktemp("sip")
+    running = start_service(folder, {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
-        "VOICE_SIP_PORT": str(port), "VOICE_SIP_RTP_TIMEOUT_S": "10"}, name="sip-service")
+        "VOICE_SIP_PORT": str(port), "VOICE_SIP_RTP_TIMEOUT_S": "10",
+        "VOICE_CALL_RECORDS_DIR": str(folder / "records")}, name="sip-service")
     yield SipService(running, port)
     stop_service(running)
 
@@ -164,6 +172,15 @@ async def test_baresip_call_ends_with_the_assistants_goodbye_and_bye(
     assert word_recall(GOODBYE, heard) >= 0.6, heard
     log = sip_service.log()
     assert "DTMF 0" in log and "BYE sent (caller pressed 0)" in log
+    # the call record: the phone's words as the LLM got them, the reply, why it ended
+    session_id = re.findall(r"session (sess_[0-9a-f]+): hanging up \(caller pressed 0\)",
+                            log)[-1]
+    record = await call_record(sip_service.running.log_path.parent / "records", session_id)
+    assert record["transport"] == "sip" and record["end_reason"] == "caller pressed 0"
+    said = [t["text"] for t in record["transcript"] if t["speaker"] == "caller"]
+    assert said and said[0] == last_user_message(fresh_llm)
+    assert [t["text"] for t in record["transcript"] if t["speaker"] == "assistant"][0] == reply
+    assert record["usage"]["stt_seconds"] > 1 and record["usage"]["llm_requests"] >= 1
 
 
 async def test_loss_reordering_and_jitter_still_give_a_correct_transcript(

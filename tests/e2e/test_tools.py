@@ -169,6 +169,11 @@ async def test_the_realtime_pipeline_runs_the_operators_tools_when_its_provider_
     finally:
         e2e.stop_service(service)
     assert done["text"] == "The answer is 42."
+    # the provider's response.done usage, for both of the turn's responses, added up
+    *_, used = client.events_of("turn.usage")
+    assert used["models"]["realtime"] and used["usage"]["realtime_text_in_tokens"] > 0
+    assert used["usage"]["realtime_audio_in_tokens"] > 0  # the caller's turn, heard
+    assert used["usage"]["realtime_audio_out_tokens"] > 0  # "The answer is 42.", spoken
     (called,) = client.events_of("tool.call")
     (result,) = client.events_of("tool.result")
     assert called["name"] == "calculate" and result["ok"] and result["result"] == "6 * 7 = 42"

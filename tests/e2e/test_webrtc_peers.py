@@ -23,6 +23,7 @@ from tests.conftest import word_recall
 from tests.e2e.conftest import (
     SERVICE_ENV,
     RunningService,
+    call_record,
     converse,
     speak,
     start_service,
@@ -47,10 +48,11 @@ LONG_REPLY = (
 @pytest.fixture(scope="module")
 def rtc_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("rtc"), {
+    folder = tmp_path_factory.mktemp("rtc")
+    running = start_service(folder, {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
-        "VOICE_RTC_ALLOW_LOOPBACK": "1", "VOICE_RTC_PEER_TIMEOUT_S": str(PEER_TIMEOUT_S)},
-        name="rtc")
+        "VOICE_RTC_ALLOW_LOOPBACK": "1", "VOICE_RTC_PEER_TIMEOUT_S": str(PEER_TIMEOUT_S),
+        "VOICE_CALL_RECORDS_DIR": str(folder / "records")}, name="rtc")
     yield running
     stop_service(running)
 
@@ -130,6 +132,16 @@ async def test_barge_in_over_webrtc_stops_the_voice_and_keeps_what_was_heard(
     assert [m["content"] for m in history if m["role"] == "assistant"][0] == \
         interrupted["played_text"]
     assert client.events_of("response.done")[0]["text"] == "Okay, Tuesday it is."
+    # the call record marks what the caller did not hear of the story
+    record = await call_record(rtc_service.log_path.parent / "records",
+                               client.session["session_id"])
+    assert record["transport"] == "webrtc"
+    story, answer = (t for t in record["transcript"] if t["speaker"] == "assistant")
+    assert story["heard"] is False and story["heard_text"] == interrupted["played_text"]
+    assert story["text"] == LONG_REPLY and story["interrupted_by"] == "barge_in"
+    assert answer["text"] == "Okay, Tuesday it is." and answer["heard"] is True
+    assert [t["text"] for t in record["transcript"] if t["speaker"] == "caller"] == \
+        [e["text"] for e in client.events_of("transcript.final")]
 
 
 async def test_event_channel_takes_client_messages_and_session_end(

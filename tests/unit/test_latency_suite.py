@@ -295,3 +295,32 @@ async def test_only_the_named_stages_are_wrapped_and_they_pass_everything_throug
     slow_llm = delayed(CascadeModels(stt=echo, llm=echo, tts=echo), "llm=1").llm
     assert [d async for d in slow_llm.stream([{"role": "user", "content": "a b c"}])] == \
         ["a", "b", "c"]
+
+
+def test_usage_comes_from_the_last_report_of_each_turn_and_costs_per_minute() -> None:
+    from latency_tests.suite.cost import comparison, run_cost
+    from voice.usage import Prices
+
+    models = {"llm": "", "stt": "", "tts": "", "realtime": "gpt-realtime"}
+    trial = Trial("question", events=[
+        {"type": "session.created", "_received_ns": 0},
+        {"type": "turn.usage", "turn_id": 1, "models": models,
+         "usage": {"realtime_audio_in_tokens": 10, "realtime_audio_out_tokens": 0}},
+        {"type": "turn.usage", "turn_id": 1, "models": models,  # the running total
+         "usage": {"realtime_audio_in_tokens": 30, "realtime_audio_out_tokens": 60}},
+        {"type": "turn.usage", "turn_id": 2, "models": models,
+         "usage": {"realtime_audio_in_tokens": 20, "realtime_audio_out_tokens": 40,
+                   "llm_estimated": False}},
+        {"type": "response.done", "_received_ns": 30 * 10**9}])
+    used, named = metrics.usage(trial)
+    assert used == {"realtime_audio_in_tokens": 50, "realtime_audio_out_tokens": 100}
+    assert named == models and metrics.session_seconds(trial) == 30.0
+    turn = TurnResult("q", "s", "question", "clean", "ws", "realtime", usage=used,
+                      models=named, seconds=30.0)
+    run = RunResults("ws", "realtime", quick=True, repeat=1, turns=[turn, turn])
+    figures = run_cost(run, Prices())
+    # 100 audio tokens in at $32/M, 200 out at $64/M, over one minute
+    assert figures["usd_per_minute"] == pytest.approx((100 * 32 + 200 * 64) / 1e6)
+    assert figures["cost"]["prices"] == {"gpt-realtime": "2025-12"}
+    (row,) = comparison([run], Prices())[2:]
+    assert row.startswith("| ws x realtime |") and "$0.0160" in row

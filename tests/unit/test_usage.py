@@ -105,3 +105,26 @@ def test_old_records_are_swept_and_signatures_cover_the_timestamp(tmp_path: Path
     assert records.sweep() == 1
     assert not old.parent.exists() and new.exists()
     assert signature("k", "1", b"{}") != signature("k", "2", b"{}")
+
+
+def test_a_realtime_response_done_gives_its_token_counts() -> None:
+    from wire.openai_realtime.server_events import ResponseDone, parse_server_event
+
+    done = parse_server_event(json.dumps({
+        "type": "response.done", "event_id": "e1", "response": {
+            "id": "resp_1", "status": "completed", "output": [], "usage": {
+                "total_tokens": 600, "input_tokens": 420, "output_tokens": 180,
+                "input_token_details": {"text_tokens": 120, "audio_tokens": 300,
+                                        "cached_tokens": 64},
+                "output_token_details": {"text_tokens": 30, "audio_tokens": 150}}}}))
+    assert isinstance(done, ResponseDone) and done.usage is not None
+    assert (done.usage.text_in, done.usage.audio_in, done.usage.cached_in,
+            done.usage.text_out, done.usage.audio_out) == (120, 300, 64, 30, 150)
+    totals = parse_server_event(json.dumps({
+        "type": "response.done", "event_id": "e2", "response": {
+            "id": "resp_2", "output": [], "usage": {"input_tokens": 7, "output_tokens": "x"}}}))
+    assert isinstance(totals, ResponseDone) and totals.usage is not None
+    assert (totals.usage.text_in, totals.usage.text_out) == (7, 0)  # odd fields count 0
+    none = parse_server_event(json.dumps({
+        "type": "response.done", "event_id": "e3", "response": {"id": "r", "output": []}}))
+    assert isinstance(none, ResponseDone) and none.usage is None

@@ -149,6 +149,19 @@ class ResponseDone:
     error: ErrorDetail | None
     transcript: str  # the reply's words from its output items
     calls: tuple[FunctionCall, ...] = ()  # its function_call output items
+    usage: ResponseUsage | None = None  # None: the provider sent none
+
+
+@dataclass(frozen=True)
+class ResponseUsage:
+    """A response's tokens, as `response.done` counts them (input: the whole
+    conversation the response read; cached: the part of it the provider had cached)."""
+
+    text_in: int
+    audio_in: int
+    cached_in: int
+    text_out: int
+    audio_out: int
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,10 @@ class _Fields:
 
     def _fail(self, name: str, kind: str) -> ProtocolError:
         return ProtocolError(f"{self._where}: '{name}' must be {kind}", code="realtime_protocol")
+
+    def raw(self, name: str) -> Any:
+        """A field as it came, unchecked (None if missing)."""
+        return self._data.get(name)
 
     def text(self, name: str) -> str:
         value = self._data.get(name)
@@ -343,7 +360,27 @@ def _response_done(f: _Fields) -> ServerEvent:
         f.text("event_id"), response.text("id"), response.opt_text("status") or "completed",
         details.opt_text("reason"),
         _error_detail(error_data, "status_details.error") if error_data else None,
-        "".join(words), tuple(calls))
+        "".join(words), tuple(calls), _response_usage(response.raw("usage")))
+
+
+def _response_usage(data: Any) -> ResponseUsage | None:
+    """The usage of a `response.done`, leniently: a field missing or of the wrong type
+    counts 0 (the figures are for accounting, not worth failing a reply over)."""
+    if not isinstance(data, dict):
+        return None
+
+    def number(mapping: Any, name: str) -> int:
+        value = mapping.get(name) if isinstance(mapping, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) \
+            and value >= 0 else 0
+
+    inputs, outputs = data.get("input_token_details"), data.get("output_token_details")
+    text_in, audio_in = number(inputs, "text_tokens"), number(inputs, "audio_tokens")
+    text_out, audio_out = number(outputs, "text_tokens"), number(outputs, "audio_tokens")
+    if not (inputs or outputs):  # totals only: all of it as text
+        text_in, text_out = number(data, "input_tokens"), number(data, "output_tokens")
+    return ResponseUsage(text_in, audio_in, number(inputs, "cached_tokens"), text_out,
+                         audio_out)
 
 
 def _server_error(f: _Fields) -> ServerEvent:
