@@ -39,6 +39,7 @@ from service.call_records import CallRecorder, CallRecords
 from service.health import LiveSessions, breakers, readiness, replies_running
 from service.local_llm import LocalLLM, start_local_llm
 from service.static import StaticFiles
+from service.tracing import SessionTrace, Tracing, endpoint_from
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
 from transports.websocket.server import WebSocketTransport
@@ -95,6 +96,8 @@ class Service:
                                    settings.call_records_secret, settings.call_records_days,
                                    Prices.load(settings.price_table))
         self._recording: set[asyncio.Task[None]] = set()
+        endpoint = endpoint_from(settings.otlp_endpoint)
+        self.tracing = Tracing.to_otlp(endpoint) if endpoint else None
         self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
         self.realtime_api = RealtimeApiEndpoint(settings, models)
         self.realtime_provider = WebSocketProvider(
@@ -138,7 +141,13 @@ class Service:
                 session.observers.append(functools.partial(self.metrics.observe, chosen))
                 recorder = CallRecorder(session.id, transport, chosen, TENANT.get())
                 session.observers.append(recorder.observe)
-                task = asyncio.create_task(self._record(session, recorder),
+                traced = None
+                if self.tracing is not None:
+                    traced = self.tracing.session(session.id, transport, chosen)
+                    session.trace_id = traced.trace_id
+                    session.observers.append(traced.observe)
+                    log.info("session %s: trace %s", session.id, traced.trace_id)
+                task = asyncio.create_task(self._record(session, recorder, traced),
                                            name=f"{session.id}-record")
                 self._recording.add(task)
                 task.add_done_callback(self._recording.discard)
@@ -149,12 +158,16 @@ class Service:
             return chosen, build
         return lookup
 
-    async def _record(self, session: Session, recorder: CallRecorder) -> None:
-        """When `session` ends: its usage into /metrics, its record delivered."""
+    async def _record(self, session: Session, recorder: CallRecorder,
+                      traced: SessionTrace | None) -> None:
+        """When `session` ends: its usage into /metrics, its record delivered, its
+        trace's session span ended."""
         await session.ended.wait()
+        reason = session.end_reason or "the caller hung up"
+        if traced is not None:
+            traced.end(reason)
         usage = session.usage_event()
-        record = recorder.record(session.end_reason or "the caller hung up", usage,
-                                 self.records.prices)
+        record = recorder.record(reason, usage, self.records.prices)
         if usage is not None:
             self.metrics.session_used(recorder.tenant or "none", usage.usage,
                                       record["cost"]["usd"])
@@ -323,6 +336,8 @@ class Service:
         if self._recording:  # the records of the sessions just closed
             await asyncio.wait(set(self._recording), timeout=5)
         await self.records.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # the last spans go out
         log.info("stopped")
 
 

@@ -114,6 +114,7 @@ class TurnLatency(Event):
     speculations_discarded: int = 0  # speculations dropped because the caller went on
     provider: str = ""  # the provider that served the turn (LLM endpoint, or realtime)
     fallback: str = ""  # why the preferred provider did not serve it ("" = it did)
+    trace_id: str = ""  # the session's trace, when the service exports traces
 
 
 @dataclass(frozen=True)

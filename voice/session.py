@@ -8,6 +8,7 @@ loaded models, which the pipeline factory closes over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from voice.events import (
     Pong,
     SessionUpdated,
     SessionUsage,
+    TurnLatency,
 )
 from voice.logs import SESSION_ID
 from voice.playout import Playout
@@ -131,6 +133,7 @@ class Session:
         self.clock = clock
         self.started_ns = clock.now_ns()
         self.end_reason = ""  # why we ended it (set by `hangup`); "": the caller did
+        self.trace_id = ""  # its trace's id when traces are exported (service/tracing.py)
         self._pushes_audio = send_audio is not None
         self.playout = Playout(send_audio or _pull_only, sample_rate, clock,
                                lead_ms=playout_lead_ms)
@@ -154,6 +157,8 @@ class Session:
         """Queue an event for the client; never blocks the caller. (A client that
         reads nothing loses events beyond EVENT_QUEUE_ITEMS, and the WebSocket
         keepalive closes it.)"""
+        if self.trace_id and isinstance(event, TurnLatency):
+            event = dataclasses.replace(event, trace_id=self.trace_id)
         self._events.offer(event)
         for observer in self.observers:
             observer(event)

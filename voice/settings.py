@@ -244,6 +244,9 @@ class Settings:
                                     "(X-Voice-Signature).", secret=True, shown="(none)")
     call_records_days: float = _opt(30.0, "Days call records are kept in call_records_dir; "
                                     "0: for ever.")
+    otlp_endpoint: str = _opt("", "OTLP/HTTP collector for traces of sessions and turns, e.g. "
+                              "http://collector:4318 (also OTEL_EXPORTER_OTLP_ENDPOINT); "
+                              "empty: no traces.", shown="(none)")
     # WebRTC (transports/webrtc; docs/protocol.md "WebRTC")
     rtc_allow_loopback: bool = _opt(False, "Offer 127.0.0.1 as a WebRTC ICE candidate, so a "
                                     "browser on this machine connects with no network.")

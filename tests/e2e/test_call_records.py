@@ -136,3 +136,61 @@ async def test_a_websocket_call_leaves_a_record_with_its_words_usage_and_cost(
     assert f'voice_usage_total{{kind="llm_prompt_tokens",tenant="key 1"}} ' \
            f'{float(usage["llm_prompt_tokens"])}' in metrics
     assert 'voice_cost_usd_total{tenant="key 1"}' in metrics
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint (protobuf, as the SDK's exporter sends): the spans
+    it received, as (trace id, span id, parent id, name)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str, str]] = []
+        self.url = ""
+
+    async def receive(self, request: web.Request) -> web.Response:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        body = ExportTraceServiceRequest.FromString(await request.read())
+        for resource in body.resource_spans:
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    self.spans.append((span.trace_id.hex(), span.span_id.hex(),
+                                       span.parent_span_id.hex(), span.name))
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+
+async def test_a_turns_trace_reaches_an_otlp_receiver_with_its_stages_under_it(
+        llm: LLMServer, fresh_llm: LLMServer, utterances: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    receiver = OtlpReceiver()
+    app = web.Application()
+    app.router.add_post("/v1/traces", receiver.receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    collector = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    service = e2e.start_service(tmp_path, {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
+        "VOICE_OTLP_ENDPOINT": collector, "OTEL_BSP_SCHEDULE_DELAY": "200"}, name="traced")
+    try:
+        fresh_llm.behaviour.reply = "It is sunny in Paris."
+        async with VoiceClient(service.url) as client:
+            await e2e.converse(client, utterances["weather"]["path"])
+        await wait_for(lambda: any(name == "session" for *_, name in receiver.spans), 15)
+    finally:
+        e2e.stop_service(service)
+        await runner.cleanup()
+    (latency,) = client.events_of("turn.latency")
+    trace_id = latency["trace_id"]
+    assert len(trace_id) == 32 and f"session {client.session['session_id']}: trace " \
+        f"{trace_id}" in service.log()
+    mine = [s for s in receiver.spans if s[0] == trace_id]
+    (session,) = [s for s in mine if s[3] == "session"]
+    (turn,) = [s for s in mine if s[3] == "turn"]
+    assert session[2] == "" and turn[2] == session[1]  # the turn under the session
+    stages = {name for _, _, parent, name in mine if parent == turn[1]}
+    assert {"endpointing", "stt", "llm", "first_text", "tts", "transport"} <= stages
+    assert stages <= {"endpointing", "stt", "tool", "llm", "first_text", "tts", "transport"}

@@ -239,7 +239,7 @@ def test_any_text_gives_a_control_message_or_protocol_error(text: str) -> None:
     (TurnLatency(turn_id=1, stages={"stt_ms": 12.5}, speculative=True),
      {"type": "turn.latency", "turn_id": 1, "stages": {"stt_ms": 12.5}, "stamps_ms": {},
       "speculative": True, "speculations_discarded": 0, "provider": "",
-      "fallback": ""}),
+      "fallback": "", "trace_id": ""}),
     (ErrorOccurred(code="invalid_audio", message="odd"),
      {"type": "error", "code": "invalid_audio", "message": "odd"}),
     (Pong(), {"type": "pong"}),
