@@ -15,7 +15,8 @@ without ever holding up a call:
   `X-Voice-Signature: sha256=<hex>`), retried with backoff (1, 2, 4, ... 32 s: 7 tries in
   about a minute) on a network error or a 5xx/429, given up on with one ERROR line.
 
-Recordings of the audio are not made: a record holds words and figures only.
+With `--record-calls` (off by default) the call's audio is recorded too
+(service/recording.py), beside its record, which then names the file.
 """
 
 from __future__ import annotations
@@ -216,12 +217,14 @@ class CallRecords:
             await asyncio.sleep(RETENTION_SWEEP_S)
 
     def sweep(self) -> int:
-        """Delete records older than the retention; how many went."""
+        """Delete records (and recordings) older than the retention; how many went."""
         if self.directory is None or not self.directory.is_dir():
             return 0
         cutoff = time.time() - self.days * 86400
         gone = 0
-        for path in self.directory.glob("*/*.json"):
+        for path in self.directory.glob("*/*"):
+            if path.suffix not in (".json", ".wav"):
+                continue
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()

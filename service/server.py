@@ -11,6 +11,7 @@ SIGINT/SIGTERM close every open session with code 1001 and stop the listener.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -38,6 +39,7 @@ from service.access import SESSION_PATHS, Door, select_subprotocol
 from service.call_records import CallRecorder, CallRecords
 from service.health import LiveSessions, breakers, readiness, replies_running
 from service.local_llm import LocalLLM, start_local_llm
+from service.recording import CallRecording
 from service.static import StaticFiles
 from service.tracing import SessionTrace, Tracing, endpoint_from
 from transports.sip.bridge import SipBridge
@@ -56,6 +58,8 @@ from voice.usage import Prices
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
+
+RECORDING_FLUSH_S = 1.0  # how often a call recording is written out
 
 # who opened the session being set up: the label of its credential ("key 2"), "" if none
 TENANT: ContextVar[str] = ContextVar("tenant", default="")
@@ -96,6 +100,11 @@ class Service:
                                    settings.call_records_secret, settings.call_records_days,
                                    Prices.load(settings.price_table))
         self._recording: set[asyncio.Task[None]] = set()
+        if self.records.enabled:
+            log.info("call records: %s%s; audio recording %s",
+                     f"to {self.records.directory}" if self.records.directory else "",
+                     " and the webhook" if settings.call_records_url else "",
+                     "ON (both sides, WAV)" if settings.record_calls else "off")
         endpoint = endpoint_from(settings.otlp_endpoint)
         self.tracing = Tracing.to_otlp(endpoint) if endpoint else None
         self.websocket = WebSocketTransport(settings, self._factory_for("ws"), clock)
@@ -147,7 +156,9 @@ class Service:
                     session.trace_id = traced.trace_id
                     session.observers.append(traced.observe)
                     log.info("session %s: trace %s", session.id, traced.trace_id)
-                task = asyncio.create_task(self._record(session, recorder, traced),
+                recording = self._start_recording(session) if self.settings.record_calls \
+                    else None
+                task = asyncio.create_task(self._record(session, recorder, traced, recording),
                                            name=f"{session.id}-record")
                 self._recording.add(task)
                 task.add_done_callback(self._recording.discard)
@@ -158,16 +169,35 @@ class Service:
             return chosen, build
         return lookup
 
+    def _start_recording(self, session: Session) -> CallRecording:
+        assert self.records.directory is not None
+        day = time.strftime("%Y-%m-%d", time.gmtime())  # the record's own folder (UTC)
+        path = self.records.directory / day / f"{session.id}.wav"
+        recording = CallRecording(path, session.clock.now_ns())
+        rate, playout = session.sample_rate, session.playout
+        session.audio_taps.append(lambda samples: recording.caller(samples, rate))
+        playout.taps.append(
+            lambda pcm, heard_ns: recording.assistant(pcm, playout.sample_rate, heard_ns))
+        return recording
+
     async def _record(self, session: Session, recorder: CallRecorder,
-                      traced: SessionTrace | None) -> None:
-        """When `session` ends: its usage into /metrics, its record delivered, its
-        trace's session span ended."""
+                      traced: SessionTrace | None, recording: CallRecording | None) -> None:
+        """While `session` runs: its recording written as it goes. When it ends: its
+        usage into /metrics, its record delivered, its trace's session span ended."""
+        while recording is not None and not session.ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.ended.wait(), RECORDING_FLUSH_S)
+            await asyncio.to_thread(recording.flush)
         await session.ended.wait()
         reason = session.end_reason or "the caller hung up"
         if traced is not None:
             traced.end(reason)
         usage = session.usage_event()
         record = recorder.record(reason, usage, self.records.prices)
+        if recording is not None:
+            await asyncio.to_thread(recording.flush, True)
+            record["recording"] = {"path": str(recording.path), "format": "wav",
+                                   "rate": 16000, "channels": ["caller", "assistant"]}
         if usage is not None:
             self.metrics.session_used(recorder.tenant or "none", usage.usage,
                                       record["cost"]["usd"])

@@ -35,6 +35,9 @@ class Playout:
         self.sent_samples = 0
         self.paused = False
         self.on_first_send: Callable[[int], None] | None = None
+        # each chunk as it leaves, with when the listener starts hearing it (a call
+        # recording); called on the thread that sends (the RTP media clock's, for SIP)
+        self.taps: list[Callable[[bytes, int], None]] = []
 
     def enqueue(self, pcm: bytes) -> None:
         for i in range(0, len(pcm), self._chunk_bytes):
@@ -82,7 +85,10 @@ class Playout:
     def _account(self, chunk: bytes, now: int) -> None:
         samples = len(chunk) // 2
         duration_ns = samples * 1_000_000_000 // self.sample_rate
-        self._play_end_ns = max(now, self._play_end_ns) + duration_ns
+        heard_ns = max(now, self._play_end_ns)
+        for tap in self.taps:
+            tap(chunk, heard_ns)
+        self._play_end_ns = heard_ns + duration_ns
         self.sent_samples += samples
         if self.on_first_send is not None:
             callback, self.on_first_send = self.on_first_send, None

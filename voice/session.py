@@ -134,6 +134,8 @@ class Session:
         self.started_ns = clock.now_ns()
         self.end_reason = ""  # why we ended it (set by `hangup`); "": the caller did
         self.trace_id = ""  # its trace's id when traces are exported (service/tracing.py)
+        self.audio_taps: list[Callable[[Int16Array], None]] = []  # the caller's audio,
+        # as the pipeline gets it (a call recording)
         self._pushes_audio = send_audio is not None
         self.playout = Playout(send_audio or _pull_only, sample_rate, clock,
                                lead_ms=playout_lead_ms)
@@ -175,6 +177,8 @@ class Session:
                     f"audio is arriving faster than {MAX_INPUT_SPEED:g}x real time; "
                     "the excess is dropped")))
             return
+        for tap in self.audio_taps:
+            tap(samples)
         self.pipeline.push_audio(samples, now)
 
     async def on_client_message(self, kind: str, data: dict[str, Any]) -> bool:

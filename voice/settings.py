@@ -244,6 +244,9 @@ class Settings:
                                     "(X-Voice-Signature).", secret=True, shown="(none)")
     call_records_days: float = _opt(30.0, "Days call records are kept in call_records_dir; "
                                     "0: for ever.")
+    record_calls: bool = _opt(False, "Record every call's audio (the caller left, the "
+                              "assistant right, 16 kHz WAV) beside its record in "
+                              "call_records_dir; tell callers, where the law asks it.")
     otlp_endpoint: str = _opt("", "OTLP/HTTP collector for traces of sessions and turns, e.g. "
                               "http://collector:4318 (also OTEL_EXPORTER_OTLP_ENDPOINT); "
                               "empty: no traces.", shown="(none)")
@@ -334,6 +337,8 @@ class Settings:
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.max_session_s >= 0, "max_session_s must be >= 0"),
             (self.call_records_days >= 0, "call_records_days must be >= 0"),
+            (not self.record_calls or bool(self.call_records_dir),
+             "record_calls needs call_records_dir (the recordings go beside the records)"),
             (not self.call_records_url or self.call_records_url.startswith(
                 ("http://", "https://")), "call_records_url must be an http(s) URL"),
             (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),

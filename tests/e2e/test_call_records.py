@@ -14,14 +14,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
+import soundfile
 from aiohttp import web
 
 import tests.e2e.conftest as e2e
 from clients.ws_client import VoiceClient
 from latency_tests.llm_server import LLMServer
+from pipelines.providers.stt import WhisperSTT
 from service.call_records import signature
+from tests.conftest import word_recall
 from voice.usage import DEFAULT_PRICES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -71,14 +75,14 @@ async def wait_for(condition: Any, timeout: float) -> None:
 
 
 async def test_a_websocket_call_leaves_a_record_with_its_words_usage_and_cost(
-        llm: LLMServer, fresh_llm: LLMServer, webhook: Webhook,
+        llm: LLMServer, fresh_llm: LLMServer, webhook: Webhook, whisper: WhisperSTT,
         utterances: dict[str, dict[str, str]], tmp_path: Path) -> None:
     records = tmp_path / "records"
     service = e2e.start_service(tmp_path, {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
         "VOICE_API_KEYS": "key-one", "VOICE_CALL_RECORDS_DIR": str(records),
-        "VOICE_CALL_RECORDS_URL": webhook.url, "VOICE_CALL_RECORDS_SECRET": SECRET},
-        name="records")
+        "VOICE_CALL_RECORDS_URL": webhook.url, "VOICE_CALL_RECORDS_SECRET": SECRET,
+        "VOICE_RECORD_CALLS": "1"}, name="records")
     try:
         requests_before, usage_before = len(fresh_llm.requests), len(fresh_llm.usage_sent)
         fresh_llm.behaviour.reply = "The weather in Paris is sunny. Anything else?"
@@ -127,6 +131,20 @@ async def test_a_websocket_call_leaves_a_record_with_its_words_usage_and_cost(
                 + usage["llm_completion_tokens"] * price.output_per_m) / 1e6
     assert record["cost"]["usd"] == pytest.approx(expected, abs=1e-6)
     assert record["cost"]["prices"] == {price.model: price.dated}
+
+    # the recording: the caller on the left, the assistant on the right, in order
+    audio, rate = soundfile.read(record["recording"]["path"], dtype="int16")
+    assert rate == 16000 and audio.shape[1] == 2
+    assert abs(len(audio) / rate - record["duration_s"]) < 1.5
+    caller, assistant = np.ascontiguousarray(audio[:, 0]), np.ascontiguousarray(audio[:, 1])
+    heard_caller = e2e.transcribe_back(whisper, caller, 16000)
+    assert word_recall(utterances["weather"]["text"] + " " + utterances["name"]["text"],
+                       heard_caller) >= 0.7, heard_caller
+    heard_assistant = e2e.transcribe_back(whisper, assistant, 16000)
+    assert word_recall(" ".join(replies), heard_assistant) >= 0.6, heard_assistant
+    first_reply = np.flatnonzero(np.abs(assistant) > 1000)[0] / rate
+    asked = np.flatnonzero(np.abs(caller) > 1000)
+    assert asked[0] / rate < first_reply  # the question came before its answer
 
     # the webhook: the same record, signed, after two refusals
     assert [status for status, _, _ in webhook.tries] == [503, 503, 200]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from clients.audiofile import load_audio
 from clients.sip_client import SipPhone
@@ -68,7 +69,8 @@ def sip_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     running = start_service(folder, {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
         "VOICE_SIP_PORT": str(port), "VOICE_SIP_RTP_TIMEOUT_S": "10",
-        "VOICE_CALL_RECORDS_DIR": str(folder / "records")}, name="sip-service")
+        "VOICE_CALL_RECORDS_DIR": str(folder / "records"), "VOICE_RECORD_CALLS": "1"},
+        name="sip-service")
     yield SipService(running, port)
     stop_service(running)
 
@@ -181,6 +183,12 @@ async def test_baresip_call_ends_with_the_assistants_goodbye_and_bye(
     assert said and said[0] == last_user_message(fresh_llm)
     assert [t["text"] for t in record["transcript"] if t["speaker"] == "assistant"][0] == reply
     assert record["usage"]["stt_seconds"] > 1 and record["usage"]["llm_requests"] >= 1
+    # its recording: the phone's words on the left, the reply and goodbye on the right
+    audio, _ = soundfile.read(record["recording"]["path"], dtype="int16")
+    left = transcribe_back(whisper, np.ascontiguousarray(audio[:, 0]), 16000)
+    right = transcribe_back(whisper, np.ascontiguousarray(audio[:, 1]), 16000)
+    assert word_recall(utterances["name"]["text"], left) >= 0.7, left
+    assert word_recall(reply + " " + GOODBYE, right) >= 0.6, right
 
 
 async def test_loss_reordering_and_jitter_still_give_a_correct_transcript(
