@@ -57,6 +57,9 @@ def add_latency_commands(parser: argparse.ArgumentParser) -> None:
     compare_runs.add_argument("--out", required=True, help="folder for compare.md, cost.png")
     compare_runs.add_argument("--price-table", default="",
                               help="JSON price rows (as `voice serve --price-table`)")
+    compare_runs.add_argument("--price-local-as", default="",
+                              help="also price local models as hosted ones, e.g. "
+                              "stt=whisper-1,tts=tts-1 (a what-if row per cascade run)")
     check = sub.add_parser("check", help="compare a run with a baseline")
     check.add_argument("results", help="a run's output folder or its results.json")
     _add_check_arguments(check, required=True)
@@ -88,7 +91,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     prices = Prices.load(args.price_table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table_lines = comparison(runs, prices)
+    local_as = dict(part.split("=", 1) for part in args.price_local_as.split(",")
+                    if "=" in part)
+    table_lines = comparison(runs, prices, local_as or None)
     comparison_chart(runs, prices, out / "cost.png")
     (out / "compare.md").write_text("\n".join(
         ["# Latency, WER and cost per minute", "", *table_lines, "",

@@ -17,9 +17,12 @@ from voice.usage import Models, Prices, Usage
 _COUNTS = {f.name for f in dataclasses.fields(Usage)}
 
 
-def run_cost(run: RunResults, prices: Prices) -> dict[str, Any]:
+def run_cost(run: RunResults, prices: Prices,
+             local_as: dict[str, str] | None = None) -> dict[str, Any]:
     """The run's usage added over its sessions (concurrency-1 trials), its cost, and
-    the cost per minute of those sessions."""
+    the cost per minute of those sessions. `local_as` prices the work of local models
+    as a hosted model's (`{"stt": "whisper-1", "tts": "tts-1"}`): what the same
+    conversations would cost with those."""
     total = Usage()
     seconds = 0.0
     models: dict[str, str] = {}
@@ -27,6 +30,8 @@ def run_cost(run: RunResults, prices: Prices) -> dict[str, Any]:
         total.add(Usage(**{k: v for k, v in turn.usage.items() if k in _COUNTS}))  # type: ignore[arg-type]
         seconds += turn.seconds
         models = turn.models or models
+    if local_as:
+        models = {part: model or local_as.get(part, "") for part, model in models.items()}
     cost = prices.cost(total, Models(**models))
     minutes = seconds / 60
     return {"usage": total.to_dict(), "models": models, "minutes": round(minutes, 2),
@@ -48,15 +53,23 @@ def cost_lines(run: RunResults, prices: Prices) -> list[str]:
     return lines
 
 
-def comparison(runs: list[RunResults], prices: Prices) -> list[str]:
-    """One row per run: latency, WER and cost per minute."""
+def comparison(runs: list[RunResults], prices: Prices,
+               local_as: dict[str, str] | None = None) -> list[str]:
+    """One row per run: latency, WER and cost per minute; with `local_as`, a second row
+    for a run that used local models, priced as if hosted ones had done their work."""
     lines = ["| run | median client v2v | p95 client v2v | WER | $ per minute | priced as |",
              "|---|---|---|---|---|---|"]
-    for run in runs:
+    rows: list[tuple[RunResults, dict[str, str] | None]] = [(run, None) for run in runs]
+    if local_as:
+        rows += [(run, local_as) for run in runs if not run_cost(run, prices)["models"]
+                 .get("realtime")]
+    for run, as_hosted in rows:
         client = [t.v2v_ms for t in run.turns if t.timed and t.v2v_ms is not None]
         wer = timing_metrics(run.turns).get("wer")
-        figures = run_cost(run, prices)
+        figures = run_cost(run, prices, as_hosted)
         priced = ", ".join(figures["cost"]["prices"]) or "local models"
+        if as_hosted:
+            priced += " (the local STT/TTS priced as these)"
         lines.append(
             f"| {run.transport} x {run.pipeline} | "
             f"{median(client):.0f} ms | {percentile(client, 95):.0f} ms | "

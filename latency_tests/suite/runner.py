@@ -28,6 +28,7 @@ from voice.audio import Int16Array, rms_dbfs
 
 REPLY_TIMEOUT_S = 12.0
 SETTLE_S = 0.6
+USAGE_WAIT_S = 15.0  # after the reply is heard: until it has ended and said its usage
 NO_TURN_LISTEN_S = 1.5
 OVER_REPLY_AFTER_S = 0.8
 BARGE_WAIT_S = 3.0
@@ -122,6 +123,14 @@ def replied_after(client: RecordingClient, sent_ns: int | None) -> bool:
     return failed or (latency and audible)
 
 
+def reply_ended(client: RecordingClient) -> bool:
+    """No reply is under way: every turn answered has had its `turn.usage`."""
+    answered = {e.get("turn_id") for e in client.record.events
+                if e["type"] in ("response.text.delta", "turn.latency")}
+    reported = {e.get("turn_id") for e in client.record.events if e["type"] == "turn.usage"}
+    return answered <= reported
+
+
 async def say_clip(mic: Mic, utt: Utterance) -> Trial:
     client = mic.rec
     audio = load_audio(utt.path, client.sample_rate)
@@ -134,6 +143,8 @@ async def say_clip(mic: Mic, utt: Utterance) -> Trial:
         await mic.silence_until(lambda: replied_after(client, client.sent_time_ns(last_voiced)),
                                 REPLY_TIMEOUT_S)
         await mic.silence(SETTLE_S)
+        # the whole reply, for the session's usage and cost (it ends with turn.usage)
+        await mic.silence_until(lambda: reply_ended(client), USAGE_WAIT_S)
     return Trial(utt.kind, list(client.record.events), heard_audio(client),
                  speech_end_sent_ns=client.sent_time_ns(last_voiced)
                  if utt.kind != "no_turn" else None)

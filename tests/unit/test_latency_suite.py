@@ -324,3 +324,18 @@ def test_usage_comes_from_the_last_report_of_each_turn_and_costs_per_minute() ->
     assert figures["cost"]["prices"] == {"gpt-realtime": "2025-12"}
     (row,) = comparison([run], Prices())[2:]
     assert row.startswith("| ws x realtime |") and "$0.0160" in row
+
+
+def test_local_models_can_be_priced_as_hosted_ones_for_a_what_if_row() -> None:
+    from latency_tests.suite.cost import comparison, run_cost
+    from voice.usage import Prices
+
+    models = {"llm": "gpt-4o-mini", "stt": "", "tts": "", "realtime": ""}
+    turn = TurnResult("q", "s", "question", "clean", "ws", "cascade", seconds=60.0,
+                      models=models, usage={"stt_seconds": 30.0, "tts_characters": 1000})
+    run = RunResults("ws", "cascade", quick=True, repeat=1, turns=[turn])
+    assert run_cost(run, Prices())["usd_per_minute"] == 0
+    hosted = run_cost(run, Prices(), {"stt": "whisper-1", "tts": "tts-1"})
+    assert hosted["usd_per_minute"] == pytest.approx(0.5 * 0.006 + 1000 * 15 / 1e6)
+    rows = comparison([run], Prices(), {"stt": "whisper-1", "tts": "tts-1"})[2:]
+    assert len(rows) == 2 and "priced as these" in rows[1]
