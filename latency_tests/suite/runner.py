@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -124,11 +125,19 @@ def replied_after(client: RecordingClient, sent_ns: int | None) -> bool:
 
 
 def reply_ended(client: RecordingClient) -> bool:
-    """No reply is under way: every turn answered has had its `turn.usage`."""
+    """No reply is under way: every turn answered has had its `turn.usage`, and the
+    listener has heard the last audible reply audio to its end (so a session lasts as
+    long as its conversation, whichever pipeline made the reply, however fast)."""
     answered = {e.get("turn_id") for e in client.record.events
                 if e["type"] in ("response.text.delta", "turn.latency")}
     reported = {e.get("turn_id") for e in client.record.events if e["type"] == "turn.usage"}
-    return answered <= reported
+    if not answered <= reported:
+        return False
+    for chunk in reversed(client.record.audio):
+        if chunk.samples.size and rms_dbfs(chunk.samples) > AUDIBLE_DBFS:
+            end = chunk.play_ns + len(chunk.samples) * 1_000_000_000 // client.sample_rate
+            return end <= time.monotonic_ns()
+    return True
 
 
 async def say_clip(mic: Mic, utt: Utterance) -> Trial:
