@@ -168,8 +168,11 @@ def usage(trial: Trial) -> tuple[dict[str, float], dict[str, str]]:
 
 
 def session_seconds(trial: Trial) -> float:
-    """How long the session lasted, as its client saw events arrive."""
+    """How long the conversation lasted: from the client's first event to its last
+    event or the end of the last reply audio it heard, whichever came later (a
+    realtime provider's events end long before its audio has played)."""
     times = [e["_received_ns"] for e in trial.events if "_received_ns" in e]
+    times += [h.end_ns for h in trial.audio if h.audible_ns is not None and h.end_ns]
     return round((max(times) - min(times)) / 1e9, 3) if len(times) > 1 else 0.0
 
 

@@ -315,6 +315,8 @@ def test_usage_comes_from_the_last_report_of_each_turn_and_costs_per_minute() ->
     used, named = metrics.usage(trial)
     assert used == {"realtime_audio_in_tokens": 50, "realtime_audio_out_tokens": 100}
     assert named == models and metrics.session_seconds(trial) == 30.0
+    trial.audio.append(Heard(29 * 10**9, 29 * 10**9, 29 * 10**9, 36 * 10**9))  # still heard
+    assert metrics.session_seconds(trial) == 36.0
     turn = TurnResult("q", "s", "question", "clean", "ws", "realtime", usage=used,
                       models=named, seconds=30.0)
     run = RunResults("ws", "realtime", quick=True, repeat=1, turns=[turn, turn])
