@@ -104,7 +104,12 @@ def last_user_message(llm: LLMServer) -> str:
 
 def reply_has_played(relay: SipRelay) -> bool:
     """Audible reply audio reached the caller and 0.8 s of silence followed it."""
-    frames = [decode_rtp([packet]) for packet in relay.stats.downlink]
+    return audio_then_silence(relay.stats.downlink)
+
+
+def audio_then_silence(downlink: list[tuple[int, bytes]]) -> bool:
+    """Audible audio in these packets, and 0.8 s of silence after it."""
+    frames = [decode_rtp([packet]) for packet in downlink]
     loud = [i for i, f in enumerate(frames) if f.size and np.abs(f).max() > 1000]
     return bool(loud) and loud[-1] < len(frames) - 40
 
