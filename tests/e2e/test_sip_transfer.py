@@ -71,7 +71,7 @@ async def test_send_dtmf_presses_keys_a_real_phone_receives(
         transferring: tuple[e2e.RunningService, int], fresh_llm: LLMServer,
         whisper: WhisperSTT, utterances: dict[str, dict[str, str]], tmp_path: Path) -> None:
     service, port = transferring
-    said = "I have dialled extension four two."
+    said = "Done, I have entered your extension number."
 
     def presses_keys(messages: list[Message]) -> str | CallTools:
         if any(m["role"] == "tool" for m in messages):
