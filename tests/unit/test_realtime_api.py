@@ -22,6 +22,7 @@ from apis.openai_realtime.input_audio import InputAudio, audio_ms
 from apis.openai_realtime.responses import ResponseOptions, ResponseRun
 from apis.openai_realtime.session_config import SessionConfig, TurnDetection, apply_update
 from clients.audiofile import load_audio, voiced_bounds
+from pipelines.providers.llm import ProviderTrace
 from pipelines.reply_engine import Completed, Failed, Heard, Said, Voiced
 from tests.strategies import cases, hostile_events
 from voice.errors import ProviderError
@@ -187,6 +188,9 @@ def test_items_we_cannot_hold_are_refused(item: dict[str, Any], code: str) -> No
 # -- the response event sequence -------------------------------------------------------------
 class ScriptedGeneration:
     def __init__(self, *outputs: Any) -> None:
+        self.trace = ProviderTrace()  # what the reply used, as a real generation counts it
+        self.trace.usage.llm(120, 9)
+        self.trace.usage.stt_seconds, self.trace.usage.tts_seconds = 2.0, 1.5
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         for output in outputs:
             self.outbox.put_nowait(output)
@@ -239,6 +243,11 @@ def test_an_audio_reply_is_told_in_the_ga_order() -> None:
     assert done["status"] == "completed" and done["status_details"] is None
     assert done["output"][0]["content"] == [{"type": "output_audio", "transcript": "It is noon."}]
     assert done["output"][0]["status"] == "completed"
+    # tokens as OpenAI counts them: the LLM's text, audio at 10/s heard and 20/s spoken
+    assert done["usage"] == {
+        "total_tokens": 120 + 20 + 9 + 30, "input_tokens": 140, "output_tokens": 39,
+        "input_token_details": {"text_tokens": 120, "audio_tokens": 20, "cached_tokens": 0},
+        "output_token_details": {"text_tokens": 9, "audio_tokens": 30}}
     ids = {e.get("response_id") for e in sent if "response_id" in e}
     assert ids == {sent[0]["response"]["id"]}
 
