@@ -46,6 +46,7 @@ from pipelines.realtime.playback import ReplyPlayer
 from pipelines.realtime.provider import RealtimeProvider, provider_error
 from pipelines.realtime.provider_reply import ProviderReply
 from pipelines.realtime.provider_turns import ProviderTurns
+from pipelines.realtime.usage import ProviderUsage
 from pipelines.tools import ToolBox, ToolCall
 from voice.audio import Int16Array, StreamResampler, array_to_pcm16_bytes
 from voice.clock import Clock
@@ -57,7 +58,6 @@ from voice.events import (
     ResponseTextDelta,
     SpeechStarted,
     SpeechStopped,
-    TurnUsage,
 )
 from voice.latency import TurnTimeline
 from voice.playout import Playout
@@ -117,16 +117,14 @@ class RealtimePipeline:
         self._conversation = Conversation()
         self._player = ReplyPlayer(io, tts, provider.name, self._conversation)
         self._tasks: asyncio.TaskGroup | None = None
-        self._used = Usage()  # the provider's responses' (voice/usage.py)
-        self._turn_used = Usage()
-        self.usage_models = {"llm": "", "stt": "", "tts": "",
-                             "realtime": str(getattr(provider, "model", ""))}
+        self._provider_usage = ProviderUsage(str(getattr(provider, "model", "")))
+        self.usage_models = self._provider_usage.models
 
     @property
     def usage(self) -> Usage:
         """What the session used: the provider's responses, and the fallback's turns."""
         total = Usage()
-        total.add(self._used)
+        total.add(self._provider_usage.total)
         delegated = getattr(self._delegate, "usage", None)
         if isinstance(delegated, Usage):
             total.add(delegated)
@@ -321,7 +319,7 @@ class RealtimePipeline:
         if interrupt and self.reply_playing():
             await self.interrupt("barge_in")
         self._turn_id += 1
-        self._turn_used = Usage()
+        self._provider_usage.new_turn()
         self._timeline = TurnTimeline(self._turn_id)
         if speech_start_ns is not None:
             self._timeline.mark("speech_start", speech_start_ns)
@@ -415,15 +413,7 @@ class RealtimePipeline:
 
     def _on_response_done(self, event: rt.ResponseDone) -> None:
         if event.usage is not None:  # counted whatever became of the reply
-            used = Usage(realtime_text_in_tokens=event.usage.text_in,
-                         realtime_audio_in_tokens=event.usage.audio_in,
-                         realtime_cached_tokens=event.usage.cached_in,
-                         realtime_text_out_tokens=event.usage.text_out,
-                         realtime_audio_out_tokens=event.usage.audio_out)
-            self._used.add(used)
-            self._turn_used.add(used)  # a turn with tool rounds has several responses
-            self._io.emit(TurnUsage(turn_id=self._turn_id, usage=self._turn_used.to_dict(),
-                                    models=self.usage_models))
+            self._io.emit(self._provider_usage.add(self._turn_id, event.usage))
         reply = self._current(event.response_id)
         if reply is None:
             return
