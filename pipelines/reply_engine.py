@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.providers.heard import Judged, judge
 from pipelines.providers.llm import TURN_TRACE, Message, ProviderTrace
 from pipelines.providers.models import CascadeModels
-from pipelines.providers.stt import hallucination_reason
 from pipelines.sentences import SentenceSplitter, clean_for_speech
 from pipelines.tools import ToolBox, ToolCall, ToolResult
 from voice.audio import (
@@ -60,6 +60,7 @@ class Heard:
 
     text: str | None
     dropped: str = ""  # why, when text is None
+    reprompted: bool = False  # the caller spoke but was not understood: asked again
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class Generation:
     hold: asyncio.Event | None = None  # set when the reply is wanted: until then, a
     # speculation speaks its first sentence only (most are thrown away unheard)
     apology: str | None = None
+    # said when the caller spoke but was not understood (pipelines/providers/heard.py)
+    reprompt: str | None = None
     tools: ToolBox | None = None
     # tools the client runs (/v1/realtime's function tools), in the Chat Completions
     # form: calls the model makes end the generation with `ToolsCalled`
@@ -155,13 +158,16 @@ class Generation:
             heard: str | None = None
             if self.audio is not None:
                 try:
-                    heard, dropped = await self._transcribe(self.audio)
+                    judged = await self._transcribe(self.audio)
                 finally:
                     self.transcribed.set()
-                self.heard = heard
+                heard = self.heard = judged.text
                 if self.on_transcript is not None:
                     self.on_transcript(heard)
-                self.outbox.put_nowait(Heard(heard, dropped))
+                reprompt = judged.unclear and bool(self.reprompt)
+                self.outbox.put_nowait(Heard(heard, judged.dropped, reprompt))
+                if reprompt and self.reprompt:
+                    await self._reprompt(self.reprompt)
             if self.audio is None or heard is not None:
                 if self.gate is not None:
                     await self.gate.wait()
@@ -173,14 +179,20 @@ class Generation:
                 await self._apologize(self.apology)
         self.outbox.put_nowait(Completed())
 
-    async def _transcribe(self, audio: Int16Array) -> tuple[str | None, str]:
+    async def _transcribe(self, audio: Int16Array) -> Judged:
         self.trace.usage.stt_seconds += len(audio) / PIPELINE_RATE
         transcript = await self.models.stt.transcribe(audio)
         self.stamp("stt_final")
-        reason = hallucination_reason(transcript, self.no_speech_threshold)
-        if reason is not None:
-            return None, f"{reason}: {transcript.text!r}"
-        return transcript.text, ""
+        return await asyncio.to_thread(judge, transcript, audio, self.no_speech_threshold)
+
+    async def _reprompt(self, text: str) -> None:
+        """Ask the caller to say it again: heard like a reply, not part of the
+        conversation the model reads."""
+        self.outbox.put_nowait(Said(text))
+        try:
+            await self._voice(text, record=False)
+        except ProviderError as exc:
+            log.warning("%s: cannot speak the re-prompt: %s", self.label, exc)
 
     async def _apologize(self, text: str) -> None:
         try:
@@ -294,8 +306,7 @@ async def transcribe(models: CascadeModels, audio: Int16Array,
                      no_speech_threshold: float) -> str | None:
     """The words in `audio` (16 kHz), or None if Whisper heard none worth keeping."""
     transcript = await models.stt.transcribe(audio)
-    reason = hallucination_reason(transcript, no_speech_threshold)
-    if reason is not None:
-        log.info("transcript dropped (%s): %r", reason, transcript.text)
-        return None
-    return transcript.text
+    judged = await asyncio.to_thread(judge, transcript, audio, no_speech_threshold)
+    if judged.text is None:
+        log.info("transcript dropped (%s)", judged.dropped)
+    return judged.text

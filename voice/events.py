@@ -69,6 +69,7 @@ class ResponseDone(Event):
     type: ClassVar[str] = "response.done"
     turn_id: int
     text: str
+    reprompt: bool = False  # `text` asked the caller to say it again (not understood)
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,9 @@ class Settings:
     barge_in_confirm_ms: int = _opt(900, "Speech over a reply this long interrupts it even "
                                     "before its words are known.")
     max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
+    reprompt_message: str = _opt("Sorry, I didn't catch that.", "Said when a turn held "
+                                 "speech but its words were not understood (empty: say "
+                                 "nothing). Noise alone is never answered.")
     # Keypad (DTMF, from SIP phones or clients)
     dtmf_hangup_digit: str = _opt("0", "Keypad digit that ends the call after the hang-up "
                                   "message (empty: none).")

@@ -194,6 +194,7 @@ def progress_line(r: TurnResult) -> str:
     stages = " ".join(f"{k.removesuffix('_ms')} {v:.0f}" for k, v in r.stages.items())
     wer = f" WER {r.wer:.2f}" if r.wer is not None and r.kind in SPEECH_KINDS else ""
     flags = "".join(f" [{f.replace('_', ' ')}]" for f in r.failures)
+    flags += " [re-prompt]" if r.reprompted else ""
     error = f" ({r.error})" if r.error else ""
     return f"  r{r.repeat + 1} {r.utterance:<16} {figure:<18} {stages}{wer}{flags}{error}"
 

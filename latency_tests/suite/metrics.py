@@ -111,6 +111,11 @@ def is_false_trigger(trial: Trial) -> bool:
     return False
 
 
+def was_reprompted(trial: Trial) -> bool:
+    """The service asked the caller to say it again (speech it did not understand)."""
+    return any(e.get("reprompt") for e in trial.of_type("response.done"))
+
+
 def has_no_reply(trial: Trial) -> bool:
     """A speech clip that was never answered with audible audio."""
     return trial.kind in SPEECH_KINDS and voice_to_voice_ms(trial) is None

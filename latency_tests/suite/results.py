@@ -37,6 +37,7 @@ class TurnResult:
     cut_off: bool = False
     false_trigger: bool = False
     no_reply: bool = False
+    reprompted: bool = False  # answered with the re-prompt: heard, not understood
     missed_barge_in: bool = False
     barge_in_ms: float | None = None
     reply_gap_ms: float | None = None  # the longest the reply's playback ran dry
@@ -74,7 +75,7 @@ class TurnResult:
             wer=metrics.wer(utt.text, transcript) if speaks else None,
             turns=metrics.answered_turns(trial), cut_off=metrics.is_cut_off(trial),
             false_trigger=metrics.is_false_trigger(trial), no_reply=metrics.has_no_reply(trial),
-            missed_barge_in=missed, barge_in_ms=reaction,
+            reprompted=metrics.was_reprompted(trial), missed_barge_in=missed, barge_in_ms=reaction,
             reply_gap_ms=metrics.reply_gap_ms(trial) if speaks else None,
             usage=used, models=models, seconds=metrics.session_seconds(trial))
 

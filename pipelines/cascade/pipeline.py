@@ -199,6 +199,7 @@ class CascadePipeline:
             tools=self._tools, max_tool_rounds=self._settings.max_tool_rounds,
             tool_filler_s=self._settings.tool_filler_ms / 1000,
             tool_filler=self._settings.tool_filler_message,
+            reprompt=self._settings.reprompt_message,
             on_transcript=self._on_transcript)
         reply = Reply(self._turn_id, self._floor.joined(audio), context, timeline,
                       speculations_discarded=self._discarded)

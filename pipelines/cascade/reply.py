@@ -62,6 +62,7 @@ class ReplyContext:
     max_tool_rounds: int = 3
     tool_filler_s: float = 0.7
     tool_filler: str = ""
+    reprompt: str = ""  # said when the caller spoke but was not understood ("": nothing)
     # told the transcript as soon as it is known (None: dropped as noise), even before
     # release: the end-of-turn policy and the barge-in judge use it
     on_transcript: Callable[[Reply, str | None], None] = lambda reply, text: None
@@ -88,6 +89,7 @@ class Reply:
     user_text: str | None = None
     asked: Message | None = None  # the user message this reply added to the history
     dropped_reason: str | None = None
+    reprompted: bool = False  # the caller was asked to say it again
     text: str = ""
     _in_history: int = 0  # how much of `text` the history holds (with a tool round)
     _spoken_in_history: int = 0  # how many of `_spoken` it holds
@@ -105,7 +107,7 @@ class Reply:
             stamp=self._mark, gate=self.may_generate, hold=self.released, apology=APOLOGY,
             label=f"turn {self.turn_id}", tools=ctx.tools or None,
             max_tool_rounds=ctx.max_tool_rounds, tool_filler_s=ctx.tool_filler_s,
-            tool_filler=ctx.tool_filler)
+            tool_filler=ctx.tool_filler, reprompt=ctx.reprompt or None)
 
     @property
     def generation(self) -> Generation:
@@ -144,13 +146,16 @@ class Reply:
         while not isinstance(item := await outbox.get(), Completed):
             if isinstance(item, Heard) and item.text is None:
                 self.dropped_reason = item.dropped
-                log.info("turn %d: no reply, transcript dropped (%s)", self.turn_id,
-                         item.dropped)
-                return
+                log.info("turn %d: %s, transcript dropped (%s)", self.turn_id,
+                         "asked again" if item.reprompted else "no reply", item.dropped)
+                if not item.reprompted:
+                    return
+                self.reprompted = True
             self._forward(item)
         if self._base is not None:
             await wait_until_played(self.ctx.io.playout, self.ctx.io.playout.enqueued_samples)
-        if self.text[self._in_history:]:
+        if self.text[self._in_history:] and not self.reprompted:  # a re-prompt is
+            # heard, but the conversation goes on as if it were not said
             self.ctx.history.append({"role": "assistant",
                                      "content": self.text[self._in_history:]})
         elif self._failed and self.asked is not None and not self._in_history:
@@ -158,7 +163,8 @@ class Reply:
             # message does not follow this one unanswered
             self.ctx.history.append({"role": "assistant", "content": APOLOGY})
         self.ctx.io.emit(self.usage_event())
-        self.ctx.io.emit(ResponseDone(turn_id=self.turn_id, text=self.text))
+        self.ctx.io.emit(ResponseDone(turn_id=self.turn_id, text=self.text,
+                                      reprompt=self.reprompted))
 
     def usage_event(self) -> TurnUsage:
         trace = self.generation.trace

@@ -14,6 +14,7 @@ Guards against Whisper's hallucinations on silence and noise live in
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -122,7 +123,26 @@ def cut_repeated_words(text: str, min_span: int = 3) -> str:
     for start in range(min_span, n - 1):
         if keys[start:] == keys[: n - start]:
             return _cut(words, start)
+    for start in range(min_span, n - min_span + 1):  # started over, and misheard
+        if _restarts(keys[:start], keys[start:], min_span):
+            return _cut(words, start)
     return text
+
+
+def _restarts(head: list[str], tail: list[str], min_span: int) -> bool:
+    """`tail` is the opening of `head` said again: its first `min_span` words exactly,
+    the rest misheard in at most a fifth of its words (one dropped, one changed), its
+    last word perhaps cut short. How the decoder starts over on a continued turn ("My
+    phone number is 5 5 5 2 1 2 4 4 3 9 My phone number is 5 5 2 1 2")."""
+    if not min_span <= len(tail) <= len(head):
+        return False
+    at = len(tail) - 1  # where a cut-short last word falls: there, or a word off
+    near = [head[i] for i in (at, at + 1, at - 1) if 0 <= i < len(head)]
+    whole = next((word for word in near if word.startswith(tail[-1])), tail[-1])
+    said_again = [*tail[:-1], whole]
+    return said_again[:min_span] == head[:min_span] and max(
+        difflib.SequenceMatcher(None, head[:length], said_again, autojunk=False).ratio()
+        for length in (len(tail), len(tail) + 1)) >= 0.8  # (+1: a word was dropped)
 
 
 def _cut(words: list[str], end: int) -> str:

@@ -21,6 +21,7 @@ from tests.harness import (
     clip,
     silence,
 )
+from voice.audio import resample
 from voice.events import ResponseDone, ResponseInterrupted, SpeechStarted, TranscriptFinal
 
 pytestmark = pytest.mark.unit
@@ -126,3 +127,41 @@ async def test_a_barge_in_after_a_tool_round_keeps_the_words_before_it_once() ->
     assert history[1]["content"].strip() == "Let me check."  # the message that made the call
     after = history[3]["content"]  # what was heard of the answer, and only that
     assert REPLY.startswith(after) and after != REPLY, after
+
+
+async def test_speech_that_was_not_understood_is_answered_with_the_reprompt() -> None:
+    harness = PipelineHarness(ScriptedSTT({}), ScriptedLLM(REPLY))  # hears no words in it
+    async with harness.running():
+        await harness.say(silence(300), WEATHER, silence(300))
+        (done,) = await harness.wait_for(ResponseDone, timeout=20)
+        await harness.say(silence(300), WEATHER, silence(300))  # said again: asked again
+        await harness.wait_for(ResponseDone, count=2, timeout=20)
+    io = harness.io
+    assert done.reprompt and done.text == "Sorry, I didn't catch that."
+    assert len(io.sent) // 2 >= 16000 * 0.15 * 4  # its words were played (150 ms a word)
+    assert io.of(TranscriptFinal) == [] and harness.llm.prompts == []  # nothing to answer
+    assert harness.pipeline.history == []  # and the conversation is as it was
+    assert [d.turn_id for d in io.of(ResponseDone)] == [1, 2]  # once for each turn
+
+
+async def test_noise_that_starts_a_turn_is_never_reprompted() -> None:
+    tones = resample(_corpus_clip("n_tones_tel.wav"), 8000, 16000)
+    harness = PipelineHarness(ScriptedSTT({}), ScriptedLLM(REPLY))
+    async with harness.running():
+        await harness.say(silence(300), tones, silence(2500))
+    assert harness.stt.heard_seconds  # a turn was heard and transcribed (as nothing) ...
+    assert harness.io.of(ResponseDone) == [] and not harness.io.sent  # ... and left alone
+
+
+async def test_the_reprompt_can_be_switched_off() -> None:
+    harness = PipelineHarness(ScriptedSTT({}), ScriptedLLM(REPLY), reprompt_message="")
+    async with harness.running():
+        await harness.say(silence(300), WEATHER, silence(2500))
+    assert harness.stt.heard_seconds and harness.io.of(ResponseDone) == []
+
+
+def _corpus_clip(name: str) -> Any:
+    import soundfile
+
+    audio, _ = soundfile.read(TURN_TAKING.parent / "regression" / name, dtype="int16")
+    return audio
