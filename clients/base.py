@@ -1,4 +1,5 @@
-"""What every Python call client offers (WebSocket, WebRTC, SIP), so that `voice call`,
+"""What every Python call client offers (WebSocket, WebRTC, SIP, and a telephony
+provider's media stream: Twilio, Telnyx), so that `voice call`,
 `voice bench` and the tests drive any transport the same way, and the table of them."""
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ ClientFactory = Callable[[str, int, "str | None"], CallClient]
 def make_client(transport: str, url: str, sample_rate: int,
                 pipeline: str | None = None) -> CallClient:
     """The client for `transport` (the one table of them; add new transports here)."""
+    from clients.media_stream_client import TelnyxCaller, TwilioCaller
     from clients.rtc_client import RtcClient
     from clients.sip_client import SipPhone
     from clients.ws_client import VoiceClient
 
     factories: dict[str, ClientFactory] = {"ws": VoiceClient, "webrtc": RtcClient,
-                                            "sip": SipPhone}
+                                            "sip": SipPhone, "twilio": TwilioCaller,
+                                            "telnyx": TelnyxCaller}
     if transport not in factories:
         raise ValueError(f"unknown transport {transport!r}; available: {', '.join(factories)}")
     return factories[transport](url, sample_rate, pipeline)

@@ -4,7 +4,8 @@ worker says about itself, /healthz and /readyz, is `service.health`'s.)
 Routes: `GET /healthz` (JSON status), `GET /ws` (WebSocket sessions, see
 docs/protocol.md), `GET /rtc` (WebRTC signalling), `GET /v1/realtime` (the
 OpenAI-Realtime-compatible endpoint, docs/realtime.md), `GET /` (the demo page) and
-`GET /widget/...` (the browser widget). Models are loaded once before listening.
+`GET /widget/...` (the browser widget); `GET /twilio` and `GET /telnyx` take the
+providers' telephony media streams (docs/telephony.md). Models are loaded once before listening.
 SIGINT/SIGTERM close every open session with code 1001 and stop the listener.
 """
 
@@ -35,13 +36,14 @@ from pipelines.providers.registry import breaker_for, load_models
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
-from service.access import SESSION_PATHS, Door, select_subprotocol
+from service.access import MEDIA_STREAM_PATHS, Door, select_subprotocol, session_route
 from service.call_records import CallRecorder, CallRecords
 from service.health import LiveSessions, breakers, readiness, replies_running
 from service.local_llm import LocalLLM, start_local_llm
 from service.recording import CallRecording
 from service.static import StaticFiles
 from service.tracing import SessionTrace, Tracing, endpoint_from
+from transports.media_streams.server import MediaStreamTransport
 from transports.sip.bridge import SipBridge
 from transports.webrtc.server import WebRTCTransport
 from transports.websocket.server import WebSocketTransport
@@ -115,13 +117,16 @@ class Service:
         self.realtime_breaker = breaker_for(self.realtime_provider.name, settings)
         self.webrtc = WebRTCTransport(settings, self._factory_for("webrtc"), clock,
                                       self.open_sessions)
+        self.media_streams = MediaStreamTransport(
+            settings, {p: self._factory_for(p) for p in MEDIA_STREAM_PATHS.values()}, clock)
         self.static = StaticFiles()
         self.sip = (SipBridge(settings, self._factory_for("sip"), clock, self.admission)
                     if settings.sip_port else None)
         self._server: Server | None = None
         credentials = Credentials.load(settings.api_keys, settings.api_keys_file)
         self.door = Door(credentials, settings.allowed_origins, settings.pipeline,
-                         http_response)
+                         http_response, settings.twilio_auth_token,
+                         settings.media_stream_public_url)
         self.audio_api = (AudioApi(models.stt, models.tts, settings.audio_api_key,
                                    credentials, settings.client_secret_ttl_s)
                           if settings.audio_api_port else None)
@@ -231,13 +236,14 @@ class Service:
         return breakers(self.models, self.realtime_breaker)
 
     def open_sessions(self) -> int:
-        return len(self.websocket.sessions) + len(self.webrtc.sessions)
+        return (len(self.websocket.sessions) + len(self.webrtc.sessions)
+                + len(self.media_streams.sessions))
 
     async def route(self, connection: ServerConnection) -> None:
         path = connection.request.path.partition("?")[0] if connection.request else ""
         ticket = self.admission.take(str(connection.remote_address[0]))
         if isinstance(ticket, Refused):  # raced past the HTTP check with others: too late
-            log.warning("refused a session on %s: %s", path, ticket.message)
+            log.warning("refused a session on %s: %s", session_route(path), ticket.message)
             self.door.turn_away(connection)
             await connection.close(CLOSE_TRY_AGAIN, ticket.message[:120])
             return
@@ -248,6 +254,8 @@ class Service:
                 await self.realtime_api.handle(connection, grant.session if grant else {})
             elif path == "/rtc":
                 await self.webrtc.handle(connection)
+            elif (provider := MEDIA_STREAM_PATHS.get(session_route(path) or "")) is not None:
+                await self.media_streams.handle(connection, provider)
             else:
                 await self.websocket.handle(connection)
 
@@ -283,18 +291,20 @@ class Service:
             return json_response(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/metrics":
             return http_response(HTTPStatus.OK, self.metrics.render(), METRICS_CONTENT_TYPE)
-        if path in SESSION_PATHS and (denied := self.door.check(connection, request)):
+        session_path = session_route(path) is not None
+        if session_path and (denied := self.door.check(connection, request)):
             return denied
-        if self.draining and path in SESSION_PATHS:
-            log.info("refused a session on %s: draining", path)
+        if self.draining and session_path:
+            log.info("refused a session on %s: draining", session_route(path))
             self.door.turn_away(connection)
             return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                  b"draining: this worker is shutting down; connect to "
                                  b"another\n", "text/plain", retry_after=5)
-        if path in SESSION_PATHS:
+        if session_path:
             refused = self.admission.refusal(str(connection.remote_address[0]))
             if refused is not None:
-                log.warning("refused a session on %s: %s", path, refused.message)
+                log.warning("refused a session on %s: %s", session_route(path),
+                            refused.message)
                 self.door.turn_away(connection)
                 return http_response(HTTPStatus.SERVICE_UNAVAILABLE,
                                      f"{refused.message}\n".encode(), "text/plain",
@@ -352,7 +362,8 @@ class Service:
     async def stop(self) -> None:
         if self._server is None:
             return
-        connections = [*self.websocket.sessions.values(), *self.realtime_api.connections.values()]
+        connections = [*self.websocket.sessions.values(), *self.realtime_api.connections.values(),
+                       *self.media_streams.sessions.values()]
         log.info("shutting down: closing %d open session(s)", len(connections))
         self._server.close(close_connections=False)
         await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down")

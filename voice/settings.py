@@ -292,6 +292,15 @@ class Settings:
     sip_password: str = _opt("", "Password for --sip-user.", secret=True, shown="(none)")
     sip_register_expires: int = _opt(300, "Registration lifetime asked for, in seconds; "
                                      "refreshed before it runs out.")
+    # telephony media streams (/twilio, /telnyx; docs/telephony.md)
+    twilio_auth_token: str = _opt("", "Twilio account auth token: when set, /twilio media "
+                                  "streams must carry a valid X-Twilio-Signature (and need no "
+                                  "API key); empty: an API key in the path, /twilio/KEY.",
+                                  secret=True, shown="(none)")
+    media_stream_public_url: str = _opt("", "Public base URL the providers connect to "
+                                        "(wss://voice.example.com), the one Twilio signs; "
+                                        "empty: wss:// and the request's Host header.",
+                                        shown="(Host header)")
     @classmethod
     def env_name(cls, f: dataclasses.Field[Any]) -> str:
         return str(f.metadata.get("env") or f"VOICE_{f.name.upper()}")

@@ -29,7 +29,10 @@ DEFAULT_BUDGET_MS = 800.0
 def add_latency_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="latency_command", required=True)
     run = sub.add_parser("run", help="say the corpus to a service and report its latency")
-    run.add_argument("--transport", default="ws", choices=("ws", "webrtc", "sip"))
+    run.add_argument("--transport", default="ws",
+                     choices=("ws", "webrtc", "sip", "twilio", "telnyx"),
+                     help="twilio, telnyx: the provider's media stream, played by a "
+                          "simulated provider whose buffer plays at real time")
     run.add_argument("--pipeline", default="cascade", choices=("cascade", "realtime"))
     run.add_argument("--url", default=None,
                      help="service to measure; default: start one (bundled models, local "

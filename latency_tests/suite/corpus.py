@@ -13,7 +13,7 @@ from latency_tests.suite.metrics import SPEECH_KINDS
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "regression"
 KINDS = (*SPEECH_KINDS, "interruption", "no_turn")
-TELEPHONE_TRANSPORTS = ("sip",)
+TELEPHONE_TRANSPORTS = ("sip", "twilio", "telnyx")  # 8 kHz G.711 on the wire
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def load_corpus(folder: Path = CORPUS) -> list[Utterance]:
 
 
 def select(corpus: list[Utterance], transport: str, quick: bool = False) -> list[Utterance]:
-    """The clips one run plays: telephone-band clips over SIP, wide-band ones otherwise;
+    """The clips one run plays: telephone-band clips over SIP and the telephony media
+    streams, wide-band ones otherwise;
     only the quick set with `quick`."""
     band = "telephone" if transport in TELEPHONE_TRANSPORTS else "wide"
     chosen = [u for u in corpus if u.band == band]

@@ -1,0 +1,1 @@
+"""Telephony media streams (Twilio, Telnyx): provider WebSockets as sessions."""
