@@ -205,6 +205,9 @@ class Settings:
     barge_in_confirm_ms: int = _opt(900, "Speech over a reply this long interrupts it even "
                                     "before its words are known.")
     max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
+    echo_cancellation: bool = _opt(True, "Take the echo of the reply (a phone on speaker, "
+                                   "a line with echo) out of the caller's audio, so that "
+                                   "it is not heard as the caller speaking.")
     reprompt_message: str = _opt("Sorry, I didn't catch that.", "Said when a turn held "
                                  "speech but its words were not understood (empty: say "
                                  "nothing). Noise alone is never answered.")

@@ -85,6 +85,8 @@ class CascadePipeline:
         self._clock = clock
         config = TurnConfig.from_settings(settings)
         self._listener = Listener(config, io.sample_rate)
+        if settings.echo_cancellation:
+            self._listener.cancel_echo_of(io.playout)
         self._floor = Floor(self, config.barge_in_confirm_ms, config.continuation_window_ms,
                             PIPELINE_RATE, config.max_turn_s)
         self._audio: LatestQueue[tuple[Int16Array, int]] = LatestQueue(

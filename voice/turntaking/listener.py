@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
+from voice.playout import Playout
 from voice.settings import Settings
 from voice.turntaking.detector import (
     EndOfTurnPolicy,
@@ -26,6 +27,7 @@ from voice.turntaking.detector import (
     TurnEvent,
     frames_of,
 )
+from voice.turntaking.echo import EchoCanceller
 from voice.turntaking.endpointing import CallerPauses, build_policy
 from voice.turntaking.vad import FrameClassifier
 
@@ -73,6 +75,13 @@ class Listener:
                                       config.max_turn_s, onset_ms=config.barge_in_pause_ms)
         self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
+        self._echo: EchoCanceller | None = None
+
+    def cancel_echo_of(self, playout: Playout) -> None:
+        """Take the echo of what `playout` plays out of every frame heard from now on
+        (voice/turntaking/echo.py); frames must then be stamped with their arrival."""
+        self._echo = EchoCanceller(playout.sample_rate)
+        playout.taps.append(self._echo.tap)
 
     def use_preset(self, preset: str) -> None:
         """Another end-of-turn preset from the next frame on (a client's
@@ -108,6 +117,8 @@ class Listener:
 
     def hear(self, frame: Int16Array, stamp_ns: int) -> list[TurnEvent]:
         """One frame, stamped with its arrival (or its position in audio time)."""
+        if self._echo is not None:
+            frame = self._echo.clean(frame, stamp_ns)
         events = self._detector.push(frame, stamp_ns)
         self._record_pauses(events)
         return events
