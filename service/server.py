@@ -260,8 +260,10 @@ class Service:
                 await self.websocket.handle(connection)
 
     def health(self) -> dict[str, object]:
+        sip_failure = None if self.sip is None else self.sip.failure
         return {
-            "status": "ok",
+            "status": "degraded" if sip_failure else "ok",
+            "sip_failure": sip_failure,
             "sessions": self.open_sessions(),
             "max_sessions": self.settings.max_sessions,
             "pipeline": self.settings.pipeline,

@@ -216,4 +216,8 @@ def _part_text(part: Any, allowed: dict[str, str]) -> str:
     if kind == "input_audio" and part.get("audio"):
         raise unsupported("Audio content in conversation.item.create", "item.content.audio")
     text = part.get(allowed[kind])
-    return text if isinstance(text, str) else ""
+    if text is not None and not isinstance(text, str):  # a list where the text goes
+        raise RealtimeApiError(f"Invalid type for 'item.content.{allowed[kind]}': expected "
+                               "a string.", code="invalid_type",
+                               param=f"item.content.{allowed[kind]}")
+    return text or ""

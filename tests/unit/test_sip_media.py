@@ -230,8 +230,13 @@ def test_inbound_stream_checks_source_payload_and_ssrc() -> None:
     unknown = RtpPacket(96, 2, 320, 0xAA, b"opus").serialize()
     assert inbound.receive(unknown, PEER, 0.02).audio == []
     assert inbound.stats.unknown_payload == 1
-    digit = RtpPacket(101, 9, 5, 0xCC, event_payloads("7")[0][0]).serialize()
-    assert inbound.receive(digit, PEER, 0.03).digits == ["7"]  # events: any SSRC
+    foreign = RtpPacket(101, 9, 5, 0xCC, event_payloads("7")[0][0]).serialize()
+    assert inbound.receive(foreign, PEER, 0.03).digits == []  # not the live audio's SSRC
+    assert inbound.stats.other_ssrc == 2
+    digit = RtpPacket(101, 9, 5, 0xAA, event_payloads("7")[0][0]).serialize()
+    assert inbound.receive(digit, PEER, 0.03).digits == ["7"]
+    later = RtpPacket(101, 10, 900, 0xCC, event_payloads("8")[0][0]).serialize()
+    assert inbound.receive(later, PEER, 0.6).digits == ["8"]  # the audio fell silent
     assert inbound.receive(b"\x00garbage", PEER, 0.04).audio == []
     assert inbound.stats.malformed == 1
 

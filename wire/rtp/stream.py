@@ -3,9 +3,10 @@ buffer, G.711 decode, concealment, RFC 4733 digits) and RTP out (G.711 encode,
 packets of `ptime`, sequence numbers and timestamps). The asyncio layer (`media.py`)
 passes datagrams, source addresses and `now`, and sends what comes back.
 
-Audio is accepted only from the host the SDP names (or the host that signalled the
-call), from one SSRC at a time; telephone events are accepted from any port and SSRC
-of that host (some gateways send them from a separate socket).
+Audio and telephone events are accepted only from the host the SDP names (or the host
+that signalled the call), from the port its first packet came from (symmetric RTP
+latching), and from one SSRC at a time: an event under another SSRC while the audio's
+SSRC is live is not the caller's (RFC 4733 events share the audio's stream).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class InboundStream:
         self._peer = source
         self.stats.packets += 1
         if packet.payload_type == self.plan.dtmf_payload_type:
+            if not self._of_the_stream(packet.ssrc, now):
+                self.stats.other_ssrc += 1
+                return out
             self._receive_digit(packet, out)
             if packet.ssrc == self._ssrc:  # events share the audio's sequence numbers
                 out.audio.extend(self._decode(
@@ -116,6 +120,12 @@ class InboundStream:
         if digit is not None:
             self.stats.digits += 1
             out.digits.append(digit)
+
+    def _of_the_stream(self, ssrc: int, now: float) -> bool:
+        """Whether a keypad event's SSRC is the latched audio's, or that audio has been
+        silent long enough for another stream to take over."""
+        return self._ssrc is None or ssrc == self._ssrc \
+            or now - self._ssrc_seen_at >= SSRC_SWITCH_AFTER
 
     def _latch(self, ssrc: int, now: float) -> bool:
         if self._ssrc is not None and ssrc != self._ssrc:
