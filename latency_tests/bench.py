@@ -127,9 +127,9 @@ async def run_turn_taking_bench(args: argparse.Namespace) -> int:
     from latency_tests.turn_bench import run_turn_taking
 
     async with target_service(args) as url:
-        print(f"turn-taking corpus against {url} (serve args: {args.serve_arg or 'defaults'})",
-              flush=True)
-        report = await run_turn_taking(url, args.sample_rate, args.repeat)
+        print(f"turn-taking corpus over {args.transport} against {url} (serve args: "
+              f"{args.serve_arg or 'defaults'})", flush=True)
+        report = await run_turn_taking(url, args.sample_rate, args.repeat, args.transport)
     summary = report.summary()
     print(json.dumps(summary, indent=1))
     if args.json:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from clients.audiofile import load_audio
-from clients.ws_client import VoiceClient
+from clients.base import CallClient, make_client
+from clients.recording import ClientRecord, RecordingClient
 
 CORPUS = Path(__file__).parent / "corpus" / "turn_taking"
 OVER_REPLY_AFTER_S = 0.8  # say the backchannel/interruption this far into the reply
@@ -75,22 +76,28 @@ def recall(expected: list[str], heard: str) -> float:
     return sum(w in got for w in expected) / max(1, len(expected))
 
 
-async def _session(url: str, rate: int) -> VoiceClient:
-    client = VoiceClient(url, rate)
+async def _session(url: str, rate: int, transport: str) -> CallClient:
+    """A caller on `transport` (ws, sip: G.711 at 8 kHz, twilio, ...)."""
+    client = make_client(transport, url, rate)
     await client.connect()
     return client
 
 
-async def _until(client: VoiceClient, event_type: str, timeout: float) -> None:
+def _record(client: CallClient) -> ClientRecord:
+    assert isinstance(client, RecordingClient)  # every call client keeps one
+    return client.record
+
+
+async def _until(client: CallClient, event_type: str, timeout: float) -> None:
     """Keep streaming silence (as a live microphone does) until an event arrives."""
     async with asyncio.timeout(timeout):
         while not client.events_of(event_type):
             await client.stream_silence(0.1)
 
 
-async def measure_ordinary(url: str, clip: Path, rate: int) -> float | None:
+async def measure_ordinary(url: str, clip: Path, rate: int, transport: str = "ws") -> float | None:
     audio = load_audio(clip, rate)
-    client = await _session(url, rate)
+    client = await _session(url, rate, transport)
     try:
         await client.stream(audio)
         with contextlib.suppress(TimeoutError):  # no reply: counted as missing
@@ -109,10 +116,10 @@ def speech_ms(entry: dict[str, Any]) -> float:
 
 
 async def measure_paused(url: str, clip: Path, entry: dict[str, Any],
-                         rate: int) -> tuple[bool, bool, float]:
+                         rate: int, transport: str = "ws") -> tuple[bool, bool, float]:
     """(premature, lost words, ASR recall) for one paused utterance."""
     audio = load_audio(clip, rate)
-    client = await _session(url, rate)
+    client = await _session(url, rate, transport)
     try:
         await client.stream(audio)
         await client.stream_silence(2.0)
@@ -132,16 +139,16 @@ async def measure_paused(url: str, clip: Path, entry: dict[str, Any],
 
 
 async def measure_over_reply(url: str, question: Path, clip: Path,
-                             rate: int) -> tuple[bool, float | None]:
+                             rate: int, transport: str = "ws") -> tuple[bool, float | None]:
     """Say `clip` into a playing reply: (was the reply interrupted, reaction ms)."""
-    client = await _session(url, rate)
+    client = await _session(url, rate, transport)
     try:
         await client.stream(load_audio(question, rate))
         await _until(client, "turn.latency", 15)
         await client.stream_silence(OVER_REPLY_AFTER_S)
         start = len(client.events_of("*"))
         over = load_audio(clip, rate)
-        first_voiced = client.record.sent[-1][0] if client.record.sent else 0
+        first_voiced = _record(client).sent[-1][0] if _record(client).sent else 0
         await client.stream(over)
         await client.stream_silence(2.5)
     finally:
@@ -151,13 +158,14 @@ async def measure_over_reply(url: str, question: Path, clip: Path,
         return False, None
     said = client.sent_time_ns(first_voiced + int(0.3 * rate))  # clips open with 0.3 s lead
     cut = interrupted[0]["_received_ns"]
-    old_audio = [c.arrival_ns for c in client.record.audio if c.arrival_ns <= cut]
+    old_audio = [c.arrival_ns for c in _record(client).audio if c.arrival_ns <= cut]
     if said is None or not old_audio:
         return True, None
     return True, max(0.0, (max(old_audio) - said) / 1e6)
 
 
-async def run_turn_taking(url: str, rate: int, repeat: int) -> TurnTakingReport:
+async def run_turn_taking(url: str, rate: int, repeat: int,
+                          transport: str = "ws") -> TurnTakingReport:
     manifest: dict[str, Any] = json.loads((CORPUS / "utterances.json").read_text())
     report = TurnTakingReport()
     question = CORPUS / manifest["q_weather"]["file"]
@@ -165,22 +173,22 @@ async def run_turn_taking(url: str, rate: int, repeat: int) -> TurnTakingReport:
         clip, category = CORPUS / entry["file"], entry["category"]
         detail = ""
         if category == "ordinary":
-            heard = [await measure_ordinary(url, clip, rate) for _ in range(repeat)]
+            heard = [await measure_ordinary(url, clip, rate, transport) for _ in range(repeat)]
             report.v2v_ms.extend(v2v for v2v in heard if v2v is not None)
             detail = "  v2v " + ", ".join("no reply" if v2v is None else f"{v2v:.0f} ms"
                                           for v2v in heard)
         elif category == "paused":
             report.paused_total += 1
-            premature, lost, asr = await measure_paused(url, clip, entry, rate)
+            premature, lost, asr = await measure_paused(url, clip, entry, rate, transport)
             report.asr_recall.append(asr)
             (report.premature.append(name) if premature else None)
             (report.lost.append(name) if lost else None)
         elif category == "backchannel":
             report.backchannel_total += 1
-            interrupted, _ = await measure_over_reply(url, question, clip, rate)
+            interrupted, _ = await measure_over_reply(url, question, clip, rate, transport)
             (report.false_barge_ins.append(name) if interrupted else None)
         else:
-            interrupted, reaction = await measure_over_reply(url, question, clip, rate)
+            interrupted, reaction = await measure_over_reply(url, question, clip, rate, transport)
             if reaction is not None:
                 report.reaction_ms.append(reaction)
             if not interrupted:

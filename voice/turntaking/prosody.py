@@ -35,15 +35,21 @@ def pitch_track(samples: Int16Array) -> list[float]:
     lo, hi = PIPELINE_RATE // MAX_HZ, PIPELINE_RATE // MIN_HZ
     lags = np.argmax(autocorr[:, lo:hi], axis=1) + lo
     strength = autocorr[np.arange(count), lags] / np.maximum(autocorr[:, 0], 1e-9)
-    voiced = loud & (strength > 0.3)
+    voiced = loud & (strength > 0.3) & (lags > lo)  # a peak at the range's edge is none
     return [PIPELINE_RATE / float(lag) for lag, ok in zip(lags, voiced, strict=True) if ok]
 
 
 def final_pitch_ratio(samples: Int16Array) -> float | None:
     """Pitch of the last voiced frames over the turn's median pitch; None when unsure
-    (too little voiced audio, or an octave jump that makes the figure meaningless)."""
-    track = pitch_track(samples)
+    (too little voiced audio, or a jump the octave folding cannot explain)."""
+    track = np.array(pitch_track(samples))
     if len(track) < 8:
         return None
-    ratio = float(np.median(track[-4:]) / np.median(track))
-    return ratio if 0.4 < ratio < 1.6 else None
+    median = float(np.median(track))
+    # frames far off the voice's range are the tracker's errors (an octave, or the edge
+    # of the lag range): common on telephone audio, whose band starts above a low
+    # voice's fundamental. A real final fall or rise stays well inside these bounds.
+    track = track[(track > 0.55 * median) & (track < 1.6 * median)]
+    if len(track) < 8:
+        return None
+    return float(np.median(track[-4:]) / median)
