@@ -56,6 +56,7 @@ from voice.metrics import LiveSession, ModelQueue, ServiceMetrics, WorkerLoad
 from voice.scheduler import Headroom, InferenceQueue
 from voice.session import Pipeline, PipelineFactory, Session, SessionIO
 from voice.settings import Settings
+from voice.turntaking.denoise import make_denoiser
 from voice.usage import Prices
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
 
@@ -83,6 +84,7 @@ def json_response(status: HTTPStatus, data: object) -> Response:
 class Service:
     def __init__(self, settings: Settings, models: CascadeModels, clock: Clock = MONOTONIC) -> None:
         self.settings = settings
+        make_denoiser(settings.denoiser)  # a denoiser that cannot load stops the start
         self.models = models
         self.clock = clock
         self.draining = False

@@ -205,6 +205,10 @@ class Settings:
     barge_in_confirm_ms: int = _opt(900, "Speech over a reply this long interrupts it even "
                                     "before its words are known.")
     max_turn_s: float = _opt(30.0, "Longest single user turn; longer speech is cut here.")
+    denoiser: str = _opt("none", "Noise suppression on the caller's audio before turn "
+                         "detection and speech-to-text: none, or rnnoise (needs the "
+                         "denoise extra; helps at 10 dB SNR, costs ~5% of a core per "
+                         "caller: docs/latency.md).")
     echo_cancellation: bool = _opt(True, "Take the echo of the reply (a phone on speaker, "
                                    "a line with echo) out of the caller's audio, so that "
                                    "it is not heard as the caller speaking.")
@@ -376,6 +380,7 @@ class Settings:
             (not self.audio_api_port or not (self.stt_url or self.tts_url),
              "audio_api_port serves the local models: not with stt_url or tts_url"),
             (self.remote_timeout_s > 0, "remote_timeout_s must be positive"),
+            (self.denoiser in ("none", "rnnoise"), "denoiser must be none or rnnoise"),
             (self.drain_timeout_s >= 0, "drain_timeout_s must be 0 or more"),
             (self.realtime_fallback in ("cascade", "hangup"),
              "realtime_fallback must be cascade or hangup"),

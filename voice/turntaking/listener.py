@@ -20,6 +20,7 @@ import numpy as np
 from voice.audio import PIPELINE_RATE, Int16Array, StreamResampler
 from voice.playout import Playout
 from voice.settings import Settings
+from voice.turntaking.denoise import make_denoiser
 from voice.turntaking.detector import (
     EndOfTurnPolicy,
     SpeechResumed,
@@ -49,6 +50,7 @@ class TurnConfig:
     barge_in_pause_ms: int = 80
     barge_in_confirm_ms: int = 900
     continuation_window_ms: int = 1000
+    denoiser: str = "none"
 
     @classmethod
     def from_settings(cls, s: Settings) -> TurnConfig:
@@ -57,7 +59,7 @@ class TurnConfig:
                    turn_preset=s.turn_preset, min_wait_ms=s.min_wait_ms,
                    max_wait_ms=s.max_wait_ms, silence_ms=s.silence_ms,
                    barge_in_pause_ms=s.barge_in_pause_ms,
-                   barge_in_confirm_ms=s.barge_in_confirm_ms,
+                   barge_in_confirm_ms=s.barge_in_confirm_ms, denoiser=s.denoiser,
                    continuation_window_ms=s.continuation_window_ms)
 
 
@@ -76,6 +78,7 @@ class Listener:
         self._to_pipeline = StreamResampler(session_rate, PIPELINE_RATE)
         self._pending = np.zeros(0, dtype=np.int16)
         self._echo: EchoCanceller | None = None
+        self._denoise = make_denoiser(config.denoiser)
 
     def cancel_echo_of(self, playout: Playout) -> None:
         """Take the echo of what `playout` plays out of every frame heard from now on
@@ -119,6 +122,8 @@ class Listener:
         """One frame, stamped with its arrival (or its position in audio time)."""
         if self._echo is not None:
             frame = self._echo.clean(frame, stamp_ns)
+        if self._denoise is not None:  # after the echo: it is the linear part to take out
+            frame = self._denoise(frame)
         events = self._detector.push(frame, stamp_ns)
         self._record_pauses(events)
         return events
