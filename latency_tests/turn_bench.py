@@ -27,7 +27,8 @@ import numpy as np
 
 from clients.audiofile import load_audio
 from clients.base import CallClient, make_client
-from clients.recording import ClientRecord, RecordingClient
+from clients.recording import AUDIBLE_DBFS, ClientRecord, RecordingClient
+from voice.audio import rms_dbfs
 
 CORPUS = Path(__file__).parent / "corpus" / "turn_taking"
 OVER_REPLY_AFTER_S = 0.8  # say the backchannel/interruption this far into the reply
@@ -158,7 +159,8 @@ async def measure_over_reply(url: str, question: Path, clip: Path,
         return False, None
     said = client.sent_time_ns(first_voiced + int(0.3 * rate))  # clips open with 0.3 s lead
     cut = interrupted[0]["_received_ns"]
-    old_audio = [c.arrival_ns for c in _record(client).audio if c.arrival_ns <= cut]
+    old_audio = [c.arrival_ns for c in _record(client).audio  # audible: RTP sends silence
+                 if c.arrival_ns <= cut and rms_dbfs(c.samples) > AUDIBLE_DBFS]
     if said is None or not old_audio:
         return True, None
     return True, max(0.0, (max(old_audio) - said) / 1e6)
