@@ -163,17 +163,8 @@ class MediaStreamCaller(RecordingClient):
 
     # -- the caller's audio -------------------------------------------------------------
     async def stream(self, samples: Int16Array, chunk_ms: int = 20, speed: float = 1.0) -> None:
-        chunk = self.sample_rate * chunk_ms // 1000
-        start = time.monotonic()
-        for i in range(0, len(samples), chunk):
-            due = start + (i + chunk) / self.sample_rate / speed
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self.closed:
-                return
-            try:
-                await self._send_media(samples[i: i + chunk])
-            except websockets.ConnectionClosedOK:
-                return
+        await self.paced(samples, self.sample_rate * chunk_ms // 1000, speed, self._send_media,
+                         (websockets.ConnectionClosedOK,))
 
     async def stream_silence(self, seconds: float, chunk_ms: int = 20) -> None:
         await self.stream(np.zeros(int(seconds * self.sample_rate), np.int16), chunk_ms)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,25 @@ class RecordingClient:
 
     async def _mark_closed(self, code: int | None, reason: str) -> None:
         self._mark_closed_now(code, reason)
+
+    # -- sending -----------------------------------------------------------------------
+    async def paced(self, samples: Int16Array, chunk: int, speed: float,
+                    send: Callable[[Int16Array], Awaitable[None]],
+                    ended: tuple[type[BaseException], ...] = ()) -> None:
+        """Send `samples` in chunks, each when it would have been captured (x speed),
+        as a microphone does, until the call has closed; `ended`: the errors of a send
+        that raced the service's normal close (the assistant hung up), which are not
+        errors."""
+        start = time.monotonic()
+        for i in range(0, len(samples), chunk):
+            due = start + (i + chunk) / self.sample_rate / speed
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if self.closed:
+                return
+            try:
+                await send(samples[i: i + chunk])
+            except ended:
+                return
 
     # -- questions ---------------------------------------------------------------------
     @property

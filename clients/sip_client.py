@@ -262,16 +262,11 @@ class SipPhone(RecordingClient):
 
     async def stream(self, samples: Int16Array, chunk_ms: int = 20, speed: float = 1.0) -> None:
         chunk = self.sample_rate * 20 // 1000  # RTP packets of 20 ms, whatever chunk_ms says
-        start = time.monotonic()
-        for i in range(0, len(samples), chunk):
-            due = start + (i + chunk) / self.sample_rate / speed
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self.closed:
-                return
-            part = samples[i: i + chunk]
-            if len(part) < chunk:
-                part = np.concatenate([part, np.zeros(chunk - len(part), np.int16)])
-            await self.send_audio(part)
+
+        async def packet(part: Int16Array) -> None:  # the last one padded to a whole packet
+            await self.send_audio(np.concatenate([part, np.zeros(chunk - len(part), np.int16)]))
+
+        await self.paced(samples, chunk, speed, packet)
 
     async def stream_silence(self, seconds: float, chunk_ms: int = 20) -> None:
         await self.stream(np.zeros(int(seconds * self.sample_rate), np.int16), chunk_ms)

@@ -96,17 +96,8 @@ class VoiceClient(RecordingClient):
 
         Stops when the service has closed the call; a send that races the service's
         normal close (the assistant hung up) is not an error."""
-        chunk = self.sample_rate * chunk_ms // 1000
-        start = time.monotonic()
-        for i in range(0, len(samples), chunk):
-            due = start + (i + chunk) / self.sample_rate / speed
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self.closed:
-                return
-            try:
-                await self.send_audio(samples[i: i + chunk])
-            except websockets.ConnectionClosedOK:
-                return
+        await self.paced(samples, self.sample_rate * chunk_ms // 1000, speed, self.send_audio,
+                         (websockets.ConnectionClosedOK,))
 
     async def stream_silence(self, seconds: float, chunk_ms: int = 20) -> None:
         await self.stream(np.zeros(int(seconds * self.sample_rate), np.int16), chunk_ms)
