@@ -154,7 +154,7 @@ class WhisperSTT:
     (`voice.scheduler`) and run one at a time on the queue's thread."""
 
     def __init__(self, model: Any, language: str, name: str,
-                 queue: InferenceQueue | None = None) -> None:
+                 queue: InferenceQueue | None = None, beam_size: int = 1) -> None:
         from faster_whisper.tokenizer import Tokenizer
 
         self._model = model
@@ -163,11 +163,12 @@ class WhisperSTT:
         self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
                                     task="transcribe", language=language)
         self._language = language
+        self._beam_size = beam_size  # 1: greedy (docs/recognition.md measures wider)
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
 
     @classmethod
     def load(cls, model_ref: str, device: str, compute_type: str, threads: int,
-             language: str) -> WhisperSTT:
+             language: str, beam_size: int = 1) -> WhisperSTT:
         # CTranslate2's OpenMP pool sizes itself when the library loads, to every core
         # unless told; on turns of a few seconds its extra threads mostly spin
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -182,7 +183,7 @@ class WhisperSTT:
                                  cpu_threads=threads)
         except Exception as exc:  # any load failure is a configuration problem
             raise ConfigError(f"cannot load faster-whisper model {model_ref!r}: {exc}") from exc
-        return cls(model, language, name=f"faster-whisper:{model_ref}")
+        return cls(model, language, name=f"faster-whisper:{model_ref}", beam_size=beam_size)
 
     @property
     def language(self) -> str:
@@ -204,7 +205,7 @@ class WhisperSTT:
             raise ConfigError(f"session.language: {code[:16]!r} is not a language code "
                               "Whisper knows (ISO 639-1, such as en, fr, de)",
                               code="invalid_session_update")
-        return WhisperSTT(self._model, code, self.name, self.queue)
+        return WhisperSTT(self._model, code, self.name, self.queue, self._beam_size)
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
         seconds = len(audio) / PIPELINE_RATE
@@ -244,7 +245,7 @@ class WhisperSTT:
             for samples in batch])
         view = ctranslate2.StorageView.from_array(np.ascontiguousarray(features))
         results = self._model.model.generate(
-            view, [self._prompt] * len(batch), beam_size=1,
+            view, [self._prompt] * len(batch), beam_size=self._beam_size,
             max_length=min(224, int(6 * longest) + 12), return_scores=True,
             return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
         return [self._transcript(result, len(samples) / PIPELINE_RATE)
@@ -263,9 +264,9 @@ class WhisperSTT:
         return self._transcribe_long(samples, len(samples) / PIPELINE_RATE, beam_size=5)
 
     def _transcribe_long(self, samples: np.ndarray, seconds: float,
-                         beam_size: int = 1) -> Transcript:
+                         beam_size: int | None = None) -> Transcript:
         segments, _ = self._model.transcribe(
-            samples, language=self._language, beam_size=beam_size,
+            samples, language=self._language, beam_size=beam_size or self._beam_size,
             condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
         segs = list(segments)
         if not segs:
