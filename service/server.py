@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from apis.openai_realtime.server import RealtimeApiEndpoint
 from pipelines.cascade.pipeline import CascadePipeline
 from pipelines.providers.models import CascadeModels
 from pipelines.providers.registry import breaker_for, load_models
+from pipelines.providers.stt import WhisperSTT
 from pipelines.realtime.options import RealtimeOptions
 from pipelines.realtime.pipeline import RealtimePipeline
 from pipelines.realtime.provider import WebSocketProvider
@@ -59,6 +61,8 @@ from voice.settings import Settings
 from voice.turntaking.denoise import make_denoiser
 from voice.usage import Prices
 from wire.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN
+
+TELEPHONE_TRANSPORTS = ("sip", "twilio", "telnyx")  # 8 kHz G.711 calls
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,12 @@ class Service:
         self.realtime_breaker = breaker_for(self.realtime_provider.name, settings)
         self.webrtc = WebRTCTransport(settings, self._factory_for("webrtc"), clock,
                                       self.open_sessions)
+        # calls at 8 kHz decode with the telephone preset's beam (docs/recognition.md)
+        self.telephone_models = models
+        if isinstance(models.stt, WhisperSTT) and (
+                settings.telephone_stt_beam_size != settings.stt_beam_size):
+            self.telephone_models = dataclasses.replace(
+                models, stt=models.stt.with_beam(settings.telephone_stt_beam_size))
         self.media_streams = MediaStreamTransport(
             settings, {p: self._factory_for(p) for p in MEDIA_STREAM_PATHS.values()}, clock)
         self.static = StaticFiles()
@@ -172,6 +182,8 @@ class Service:
                 if self.settings.max_session_s:
                     session.time_limit = (self.settings.max_session_s,
                                           self.settings.max_session_message)
+                if chosen == "cascade" and transport in TELEPHONE_TRANSPORTS:
+                    return self._cascade(session, self.telephone_models)
                 return make(session)
             return chosen, build
         return lookup
@@ -221,8 +233,9 @@ class Service:
     def readiness(self) -> tuple[bool, dict[str, object]]:
         return readiness(self.load(), self.admission, self.sip)
 
-    def _cascade(self, session: Session) -> CascadePipeline:
-        return CascadePipeline(self.models, self.settings, session, self.clock)
+    def _cascade(self, session: Session, models: CascadeModels | None = None
+                 ) -> CascadePipeline:
+        return CascadePipeline(models or self.models, self.settings, session, self.clock)
 
     def _realtime(self, session: Session) -> RealtimePipeline:
         def cascade(io: SessionIO) -> CascadePipeline:

@@ -189,6 +189,11 @@ class WhisperSTT:
     def language(self) -> str:
         return self._language
 
+    def with_beam(self, beam_size: int) -> WhisperSTT:
+        """This model decoding with another beam (the telephone preset): the same
+        weights and inference queue."""
+        return WhisperSTT(self._model, self._language, self.name, self.queue, beam_size)
+
     def for_language(self, code: str) -> WhisperSTT:
         """This model transcribing `code` (a session's `language`): the same weights and
         inference queue; a `ConfigError` when the model does not know the language."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.providers.models import CascadeModels
 from pipelines.providers.stt import WhisperSTT, normalize_words
 from tests.harness import DATA, clip
 from voice.errors import ConfigError
@@ -51,3 +52,18 @@ def test_a_beam_size_below_one_is_refused() -> None:
     with pytest.raises(ConfigError) as refused:
         Settings.load(None, {"VOICE_STT_BEAM_SIZE": "0"})
     assert "stt_beam_size" in refused.value.message
+
+
+async def test_calls_at_8_khz_decode_with_the_telephone_beam_and_others_do_not() -> None:
+    from service.server import Service
+    from tests.harness import ScriptedLLM, ToneTTS
+
+    stt, decoder = whisper_recording(1)
+    settings = Settings.load(None, {"VOICE_TELEPHONE_STT_BEAM_SIZE": "5"})
+    models = CascadeModels(stt=stt, llm=ScriptedLLM("Hello."), tts=ToneTTS())
+    service = Service(settings, models)
+    phone = service.telephone_models.stt
+    assert isinstance(phone, WhisperSTT) and phone.queue is stt.queue  # the same model
+    await phone.transcribe(clip(DATA / "weather.wav"))
+    await stt.transcribe(clip(DATA / "weather.wav"))
+    assert decoder.beams == [5, 1]
