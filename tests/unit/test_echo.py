@@ -53,6 +53,19 @@ def test_the_echo_of_the_reply_is_taken_out(delay_ms: int) -> None:
     assert canceller.cancelled_frames > 50
 
 
+@pytest.mark.parametrize("delay_ms", [100, 150, 200])
+def test_the_first_echo_of_a_call_is_caught_before_it_could_pause_the_reply(
+        delay_ms: int) -> None:
+    """The reply pauses on 80 ms of speech over it: no 80 ms of the first echo may get
+    through, from 40 ms after its onset on."""
+    first = int(np.flatnonzero(np.abs(REPLY.astype(np.int32)) > 1000)[0])  # reply's onset
+    _, arrived, cleaned, _ = _call(delay_ms, seed=7)
+    onset = first + 16 * delay_ms  # the echo's first loud sample
+    left = [rms_dbfs(cleaned[i: i + 16 * 80]) - rms_dbfs(arrived[i: i + 16 * 80])
+            for i in range(onset + 16 * 40, onset + 16 * 600, 16 * 20)]
+    assert max(left) < -10, [round(x) for x in left]
+
+
 def test_the_callers_own_voice_over_the_echo_survives() -> None:
     _, arrived, cleaned, echo = _call(150, caller=CALLER)
     span = slice(8000, 8000 + len(CALLER))
