@@ -3,7 +3,7 @@ it (`denoiser` setting): RNNoise, the recurrent noise suppressor (BSD-3-Clause, 
 from the `pyrnnoise` package: `pip install 'voice-assistant-service[denoise]'`).
 
 RNNoise works on 10 ms frames at 48 kHz, so each 20 ms frame at 16 kHz is resampled
-up, denoised in two pieces and resampled down (`_ByThree`: 1 ms of delay each way).
+up, denoised in two pieces and resampled down (`voice.audio.ByFactor`: 1 ms of delay each way).
 Its state is per session. What it buys and costs was measured on the latency suite's
 noisy clips (`python -m latency_tests.denoise_bench`, docs/latency.md).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from voice.audio import Int16Array
+from voice.audio import ByFactor, Int16Array
 from voice.errors import ConfigError
 
 DENOISERS = ("none", "rnnoise")
@@ -27,8 +27,8 @@ class RNNoise:
     def __init__(self) -> None:
         self._lib = _rnnoise()
         self._state = self._lib.create()
-        self._up = _ByThree(up=True)
-        self._down = _ByThree(up=False)
+        self._up = ByFactor(3, up=True, rate=RNNOISE_RATE)
+        self._down = ByFactor(3, up=False, rate=RNNOISE_RATE)
         self._pending = np.zeros(0, np.int16)  # 48 kHz samples short of a whole frame
         self._out = np.zeros(0, np.int16)  # denoised 16 kHz audio not returned yet
 
@@ -51,35 +51,6 @@ class RNNoise:
                                         self._out])
         out, self._out = self._out[: len(frame)], self._out[len(frame):]
         return out
-
-
-class _ByThree:
-    """16 <-> 48 kHz for a stream: zero-stuffing or decimation by 3 around a windowed-sinc
-    low-pass at 7.2 kHz (95 taps at 48 kHz: 1 ms of delay). RNNoise hears the whole band
-    up to 20 kHz, so images of a cheaper interpolator would read to it as noise."""
-
-    TAPS = 95
-
-    def __init__(self, up: bool) -> None:
-        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
-        cutoff = 0.45 / 3  # cycles per 48 kHz sample
-        taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(self.TAPS)
-        self._taps = taps / taps.sum() * (3 if up else 1)
-        self._up = up
-        self._tail = np.zeros(self.TAPS - 1)
-        self._phase = 0  # decimation: where in the next input the next kept sample is
-
-    def process(self, samples: Int16Array) -> Int16Array:
-        x = samples.astype(np.float64)
-        if self._up:
-            stuffed = np.zeros(len(x) * 3)
-            stuffed[::3] = x
-            x = stuffed
-        y = np.convolve(np.concatenate([self._tail, x]), self._taps, "valid")
-        self._tail = np.concatenate([self._tail, x])[len(x):]
-        if not self._up:
-            y, self._phase = y[self._phase::3], (self._phase - len(y)) % 3
-        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
 def make_denoiser(name: str) -> RNNoise | None:
