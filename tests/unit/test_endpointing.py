@@ -112,3 +112,20 @@ def test_a_final_fall_of_pitch_outweighs_a_missing_full_stop_or_a_comma() -> Non
     # the lexical cues still win: an open ending or a digit group is not finished
     assert incompleteness("Please send the report to", final_pitch=0.7) == 1.0
     assert incompleteness("My number is five five five", final_pitch=0.7) >= 0.5
+
+
+@pytest.mark.parametrize("text", [
+    "How far is it from here to the nearest petrol station.",
+    "Could you read me the last three messages from my sister.",
+    "So what time does it open.", "Is it open on Saturday."])
+def test_a_question_that_lost_its_question_mark_is_not_read_as_a_pause(text: str) -> None:
+    """Over a phone line Whisper often ends a question with a full stop; its pitch ends
+    high, as a question's does, and that must not hold the turn as a mid-sentence
+    pause (it held 4 of the suite's 28 telephone clips for 770 ms)."""
+    assert incompleteness(text, final_pitch=1.04) == 0.0
+
+
+@pytest.mark.parametrize("text", [
+    "The meeting is on Tuesday.", "So I told him.", "What.", "Then we went home."])
+def test_a_level_statement_still_reads_as_a_pause(text: str) -> None:
+    assert incompleteness(text, final_pitch=1.0) == 0.7

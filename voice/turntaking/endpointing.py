@@ -41,6 +41,12 @@ um uh er erm hmm mm like well so basically actually
 is are was were be been being am will would can could should shall may might must
 do does did have has had
 """.split())
+# Words that open a question: wh-words, and the auxiliaries of an inverted question.
+_QUESTION_OPENINGS = frozenset("""
+what whats what's when where which who whom whose why how
+is are was were am do does did can could will would shall should may might have has
+isn't aren't wasn't weren't don't doesn't didn't can't couldn't won't wouldn't shouldn't
+""".split())
 _NUMBER_WORDS = frozenset(
     "zero oh one two three four five six seven eight nine ten eleven twelve".split())
 _WORD = re.compile(r"[a-z0-9']+")
@@ -89,8 +95,21 @@ def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
     if not text.endswith((".", "?", "!")):
         return 0.0 if fell else 0.8 if level else 0.5
     if text.endswith((".", "!")) and level:
+        if text.endswith(".") and _reads_as_question(words):
+            return 0.0  # a question (ends high) that lost its "?": common at 8 kHz
         return 0.7  # a statement without the final fall of pitch: probably mid-sentence
     return 0.0
+
+
+def _reads_as_question(words: list[str]) -> bool:
+    """Opens as a question ("How far is it ...", "Could you read me ..."), after at
+    most one discourse word ("So what time is it"). Whisper drops the question mark
+    of a question cut 40 ms into its silence, and more often on telephone audio; a
+    question's pitch ends high, which would otherwise read as a mid-sentence pause."""
+    head = words[:2]
+    if head and head[0] in ("so", "and", "okay", "ok", "hey", "um", "uh", "then"):
+        head = head[1:]
+    return bool(head) and head[0] in _QUESTION_OPENINGS and len(words) >= 3
 
 
 def _ends_in_digits(words: list[str]) -> bool:
