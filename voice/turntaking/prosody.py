@@ -19,6 +19,7 @@ WINDOW_S = 1.5
 FRAME = 640  # 40 ms at 16 kHz
 HOP = 320
 MIN_HZ, MAX_HZ = 70, 400
+PEAK_SHARE = 0.9  # a lag's peak this near the highest is a candidate period
 
 
 def pitch_track(samples: Int16Array) -> list[float]:
@@ -31,11 +32,20 @@ def pitch_track(samples: Int16Array) -> list[float]:
     frames -= frames.mean(axis=1, keepdims=True)
     loud = np.sqrt(np.mean(frames**2, axis=1)) > 300
     spectrum = np.fft.rfft(frames, n=2 * FRAME, axis=1)
-    autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :FRAME]
+    # unbiased: each lag's sum over the samples it overlaps, so that a long period is
+    # not outweighed by a short one only for overlapping more
+    autocorr = np.fft.irfft(np.abs(spectrum) ** 2, axis=1)[:, :FRAME] / (FRAME - np.arange(FRAME))
     lo, hi = PIPELINE_RATE // MAX_HZ, PIPELINE_RATE // MIN_HZ
-    lags = np.argmax(autocorr[:, lo:hi], axis=1) + lo
+    window = autocorr[:, lo - 1: hi + 1]
+    middle = window[:, 1:-1]
+    # the period: the shortest lag with a peak near the highest. Through the telephone
+    # band a low voice's fundamental is missing, and its third harmonic's lag peaks
+    # almost as high as its period's: always taking the highest read 80 Hz as 240.
+    peaks = ((middle >= window[:, :-2]) & (middle >= window[:, 2:])
+             & (middle >= PEAK_SHARE * middle.max(axis=1, keepdims=True)))
+    lags = np.argmax(peaks, axis=1) + lo
     strength = autocorr[np.arange(count), lags] / np.maximum(autocorr[:, 0], 1e-9)
-    voiced = loud & (strength > 0.3) & (lags > lo)  # a peak at the range's edge is none
+    voiced = loud & peaks.any(axis=1) & (strength > 0.3) & (lags > lo)
     return [PIPELINE_RATE / float(lag) for lag, ok in zip(lags, voiced, strict=True) if ok]
 
 
