@@ -107,8 +107,8 @@ def cut_repeated_words(text: str, min_span: int = 3) -> str:
     The loop runs to the end of the decode, so only a repetition that does is cut: a
     span of >= `min_span` words said again (and again, the last time perhaps cut
     short) up to the end, a word or a pair said three times or more up to the end, or
-    a tail of >= 2 words that repeats the opening. "Please, please, please help"
-    stays whole.
+    a tail of >= 2 words that repeats the opening, or a sentence followed only by its
+    first word (perhaps cut short). "Please, please, please help" stays whole.
     """
     words = text.split()
     keys = [normalize_words(w) for w in words]
@@ -126,6 +126,9 @@ def cut_repeated_words(text: str, min_span: int = 3) -> str:
     for start in range(min_span, n - min_span + 1):  # started over, and misheard
         if _restarts(keys[:start], keys[start:], min_span):
             return _cut(words, start)
+    first_again = keys[-1] == keys[0] or (len(keys[-1]) >= 2 and keys[0].startswith(keys[-1]))
+    if n > min_span and first_again and words[-2].endswith((".", "?", "!")):
+        return _cut(words, n - 1)  # started over and stopped at once: "... a dream? How"
     return text
 
 

@@ -62,6 +62,18 @@ def test_a_decode_that_starts_the_utterance_over_is_cut_back_to_it(
 
 
 @settings(max_examples=cases(2000), deadline=None)
+@given(st.lists(st.sampled_from(VOCAB), min_size=4, max_size=24, unique=True),
+       st.sampled_from([".", "?", "!"]), st.integers(2, 8))
+def test_a_sentence_followed_by_its_first_word_alone_is_cut_back_to_it(
+        words: list[str], end: str, keep: int) -> None:
+    """The decoder started over and stopped after a word (a telephone clip: "How long
+    should I roast a chicken ...? How"), which read as an unfinished turn."""
+    said = " ".join(words)
+    decoded = f"{said}{end} {words[0][:keep].capitalize()}"
+    assert normalize_words(cut_repeated_words(decoded)) == said
+
+
+@settings(max_examples=cases(2000), deadline=None)
 @given(st.lists(st.sampled_from(VOCAB), min_size=1, max_size=24, unique=True))
 def test_an_utterance_that_does_not_start_over_is_kept_whole(words: list[str]) -> None:
     said = " ".join(words)
