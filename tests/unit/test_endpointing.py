@@ -121,7 +121,7 @@ def test_a_final_fall_of_pitch_outweighs_a_missing_full_stop_or_a_comma() -> Non
 def test_a_question_that_lost_its_question_mark_is_not_read_as_a_pause(text: str) -> None:
     """Over a phone line Whisper often ends a question with a full stop; its pitch ends
     high, as a question's does, and that must not hold the turn as a mid-sentence
-    pause (it held 4 of the suite's 28 telephone clips for 770 ms)."""
+    pause (it held 2 of the suite's 28 telephone clips for 770 ms)."""
     assert incompleteness(text, final_pitch=1.04) == 0.0
 
 
