@@ -47,6 +47,9 @@ what whats what's when where which who whom whose why how
 is are was were am do does did can could will would shall should may might have has
 isn't aren't wasn't weren't don't doesn't didn't can't couldn't won't wouldn't shouldn't
 """.split())
+# "<verb> me" that goes on to say what: "Can you remind me ... to call my sister?"
+# Whisper reads the pause as the end of a question ("Can you remind me?").
+_WANTS_MORE = frozenset("remind tell show give send let bring teach get".split())
 _NUMBER_WORDS = frozenset(
     "zero oh one two three four five six seven eight nine ten eleven twelve".split())
 _WORD = re.compile(r"[a-z0-9']+")
@@ -83,15 +86,19 @@ def incompleteness(transcript: str, final_pitch: float | None = None) -> float:
         return 0.8
     if _ends_in_digits(words):
         return 0.7  # dictated numbers come in groups: "four five six ... seven eight"
+    if len(words) >= 2 and words[-1] == "me" and words[-2] in _WANTS_MORE:
+        return 0.7  # "remind me", "tell me": rarely the whole request
     fell = final_pitch is not None and final_pitch < LEVEL_PITCH
     level = final_pitch is not None and not fell
-    # Whisper punctuates a turn cut 40 ms into its silence unreliably: a short command
-    # comes back as "turn on the lights," or "Call my mother". The final fall of pitch
-    # that ends statements and commands outweighs that; less so for a comma, which also
-    # ends the items of a list said with pauses ("Please add milk, ... eggs, ..."). No
-    # full stop and a level pitch are two signs of a pause, not one.
+    # Whisper punctuates a turn cut 40 ms into its silence unreliably, over a phone
+    # line more so: a short command comes back as "turn on the lights," or "Call my
+    # mother". The final fall of pitch that ends statements and commands outweighs
+    # that; a little less for a comma, which also ends the items of a list said with
+    # pauses ("Please add milk, ... eggs, ..."), though those are said level (the
+    # turn-taking corpus's pauses all measure 0.87 or more). No full stop and a level
+    # pitch are two signs of a pause, not one.
     if text.endswith(","):
-        return 0.5 if fell else 0.8
+        return 0.25 if fell else 0.8
     if not text.endswith((".", "?", "!")):
         return 0.0 if fell else 0.8 if level else 0.5
     if text.endswith((".", "!")) and level:
