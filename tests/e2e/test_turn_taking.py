@@ -29,6 +29,9 @@ MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "utterances.json").re
 LONG_REPLY = ("Here is the forecast for the whole week. Monday will be sunny and warm. "
               "Tuesday brings clouds in the morning and some rain in the afternoon. "
               "Wednesday stays dry with a light wind from the west.")
+# where a test needs only *a* reply: longer than any pause in the clips (at most 800 ms),
+# so an early one cannot finish before the caller goes on
+SHORT_REPLY = "Thank you, I have noted that."
 
 
 def clip(name: str) -> str:
@@ -103,6 +106,7 @@ def user_messages(request: dict[str, Any]) -> list[str]:
 async def test_a_paused_utterance_is_answered_once_and_whole(
         request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str, name: str) -> None:
     service = on_line(request, pipeline)
+    fresh_llm.behaviour.reply = SHORT_REPLY
     start = len(fresh_llm.requests)
     async with VoiceClient(service.url) as client:
         await talk(client, name)
@@ -123,7 +127,14 @@ async def test_a_paused_utterance_is_answered_once_and_whole(
 async def test_resuming_over_an_early_reply_stops_it_and_answers_the_whole(
         request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str) -> None:
     eager_service = on_line(request, pipeline, eager=True)
-    fresh_llm.behaviour.reply = LONG_REPLY
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        """The early reply (to "I want to book a flight.") long, so that the caller's
+        resumption lands in it; the answer to the whole short: it only has to finish."""
+        said = messages[-1]["content"].lower()
+        return SHORT_REPLY if "boston" in said or "friday" in said else LONG_REPLY
+
+    fresh_llm.behaviour.reply = reply
     audio = load_audio(clip("p_flight"), 16000)
     second_part = voiced_bounds(audio, 16000)[-1][0]  # "To Boston on Friday."
     async with VoiceClient(eager_service.url) as client:
@@ -162,15 +173,28 @@ async def reply_length(url: str, over: str | None) -> tuple[int, VoiceClient]:
     return sum(len(c.samples) for c in client.record.audio), client
 
 
+@pytest.fixture(scope="module")
+def played_whole() -> dict[str, int]:
+    """Samples of LONG_REPLY played to its end, by service URL: each service's
+    uninterrupted reply is measured once, by the first test that needs it."""
+    return {}
+
+
+async def uninterrupted_length(url: str, played_whole: dict[str, int]) -> int:
+    if url not in played_whole:
+        played_whole[url], _ = await reply_length(url, None)
+    return played_whole[url]
+
+
 @pytest.mark.parametrize("pipeline, backchannel", [
     ("cascade", "b_uhhuh"), ("cascade", "b_mmhmm"), ("cascade", "b_cough"),
     ("realtime", "b_uhhuh"), ("realtime", "b_cough")])
 async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
-        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str,
-        backchannel: str) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, played_whole: dict[str, int],
+        pipeline: str, backchannel: str) -> None:
     service = on_line(request, pipeline)
     fresh_llm.behaviour.reply = LONG_REPLY
-    plain, _ = await reply_length(service.url, None)
+    plain = await uninterrupted_length(service.url, played_whole)
     with_backchannel, client = await reply_length(service.url, backchannel)
     assert client.events_of("response.interrupted") == []
     assert [e["text"] for e in client.events_of("response.done")] == [LONG_REPLY]
@@ -181,10 +205,11 @@ async def test_a_backchannel_leaves_the_reply_playing_to_its_end(
 
 @pytest.mark.parametrize("pipeline", ["cascade", "realtime"])
 async def test_a_real_interruption_stops_the_reply(
-        request: pytest.FixtureRequest, fresh_llm: LLMServer, pipeline: str) -> None:
+        request: pytest.FixtureRequest, fresh_llm: LLMServer, played_whole: dict[str, int],
+        pipeline: str) -> None:
     service = on_line(request, pipeline)
     fresh_llm.behaviour.reply = LONG_REPLY
-    plain, _ = await reply_length(service.url, None)
+    plain = await uninterrupted_length(service.url, played_whole)
     interrupted, client = await reply_length(service.url, "i_wrong")
     assert [e["reason"] for e in client.events_of("response.interrupted")] == ["barge_in"]
     assert interrupted < plain * 0.7
@@ -192,6 +217,7 @@ async def test_a_real_interruption_stops_the_reply(
 
 async def test_a_discarded_speculation_leaves_no_trace(
         service: RunningService, fresh_llm: LLMServer) -> None:
+    fresh_llm.behaviour.reply = SHORT_REPLY
     start = len(fresh_llm.requests)
     async with VoiceClient(service.url) as client:
         await talk(client, "p_table")
