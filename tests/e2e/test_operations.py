@@ -21,6 +21,8 @@ from tests.e2e.conftest import RunningService, converse, start_service, stop_ser
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
+REPLY = "Noted."  # these tests need a turn answered, not a long one to listen to
+
 
 def get(url: str) -> tuple[int, bytes]:
     try:
@@ -57,6 +59,7 @@ def worker(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 async def test_metrics_move_with_a_real_turn(
         worker: RunningService, fresh_llm: LLMServer,
         utterances: dict[str, dict[str, str]]) -> None:
+    fresh_llm.behaviour.reply = REPLY
     before = await asyncio.to_thread(samples, worker)
     async with VoiceClient(worker.url) as client:
         during = await asyncio.to_thread(samples, worker)
@@ -95,6 +98,7 @@ async def test_credentials_in_urls_are_shown_nowhere(
     """An endpoint URL with credentials in it (https://user:secret@host/v1) used to appear
     in /healthz, metric labels, every turn.latency event and the startup log."""
     secret = "hunter2-in-the-url"
+    fresh_llm.behaviour.reply = REPLY
     url = llm.base_url.replace("http://", f"http://gateway:{secret}@")
     service = start_service(tmp_path_factory.mktemp("secret-url"), {
         "OPENAI_BASE_URL": url, "VOICE_STT_URL": url.replace("/v1", "/nowhere/v1"),
@@ -117,6 +121,7 @@ async def test_credentials_in_urls_are_shown_nowhere(
 async def test_sigterm_drains_active_calls_then_says_goodbye(
         worker: RunningService, fresh_llm: LLMServer,
         utterances: dict[str, dict[str, str]]) -> None:
+    fresh_llm.behaviour.reply = REPLY
     status, body = await asyncio.to_thread(get, f"{worker.url}/readyz")
     assert status == 200 and json.loads(body)["ready"] is True
     async with VoiceClient(worker.url) as client:
