@@ -12,4 +12,4 @@ echo "test: mypy"
 echo "test: import layers (docs/architecture.md)"
 .venv/bin/lint-imports
 echo "test: pytest"
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+.venv/bin/pytest -q -p no:cacheprovider --durations=25 "$@"  # the slowest tests, in every log
