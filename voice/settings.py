@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from voice.errors import ConfigError
 from voice.redact import redact_url
+from voice.settings_checks import validate
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000, 48000)
 DEFAULT_SYSTEM_PROMPT = (
@@ -30,8 +30,6 @@ def _opt(default: Any, help: str, env: str | None = None, secret: bool = False,
                  metadata={"help": help, "env": env, "secret": secret, "shown": shown})
 
 
-CALL_TOOLS = ("end_call", "transfer_call", "send_dtmf")
-CLIENT_SETTINGS = ("instructions", "tools", "turn_preset", "voice", "language")
 
 
 @dataclass(frozen=True)
@@ -349,103 +347,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        checks = [
-            (0 <= self.vad_aggressiveness <= 3, "vad_aggressiveness must be 0-3"),
-            (self.vad_frame_ms in (10, 20, 30), "vad_frame_ms must be 10, 20 or 30"),
-            (0 < self.port < 65536, "port must be 1-65535"),
-            (self.min_speech_ms >= self.vad_frame_ms, "min_speech_ms below one VAD frame"),
-            (self.silence_ms >= self.vad_frame_ms, "silence_ms below one VAD frame"),
-            (self.turn_preset in ("default", "patient", "fixed"),
-             "turn_preset must be default, patient or fixed"),
-            (0 <= self.min_wait_ms <= 10000 and 0 <= self.max_wait_ms <= 10000,
-             "min_wait_ms and max_wait_ms must be 0-10000"),
-            (self.barge_in_pause_ms >= self.vad_frame_ms, "barge_in_pause_ms below one frame"),
-            (self.max_sessions >= 1, "max_sessions must be at least 1"),
-            (self.max_sessions_per_address >= 0, "max_sessions_per_address must be >= 0"),
-            (0 <= self.shed_busy <= 1, "shed_busy must be between 0 and 1"),
-            (self.shed_wait_ms >= 0, "shed_wait_ms must be >= 0"),
-            (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
-            (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
-            (self.max_session_s >= 0, "max_session_s must be >= 0"),
-            (self.call_records_days >= 0, "call_records_days must be >= 0"),
-            (not self.record_calls or bool(self.call_records_dir),
-             "record_calls needs call_records_dir (the recordings go beside the records)"),
-            (not self.call_records_url or self.call_records_url.startswith(
-                ("http://", "https://")), "call_records_url must be an http(s) URL"),
-            (self.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
-            (self.llm_timeout_s > 0, "llm_timeout_s must be positive"),
-            (0 <= self.sip_port < 65536, "sip_port must be 0-65535"),
-            (self.sip_max_calls >= 1, "sip_max_calls must be at least 1"),
-            (self.sip_rtp_timeout_s > 0, "sip_rtp_timeout_s must be positive"),
-            (0 <= self.sip_jitter_ms <= 1000, "sip_jitter_ms must be 0-1000"),
-            (0 <= self.sip_rtp_priority <= 99, "sip_rtp_priority must be 0-99"),
-            (self.sip_register_expires >= 10, "sip_register_expires must be at least 10"),
-            (self.rtc_peer_timeout_s > 0, "rtc_peer_timeout_s must be positive"),
-            (self.pipeline in ("cascade", "realtime"), "pipeline must be cascade or realtime"),
-            (self.realtime_turn_detection in ("server_vad", "semantic_vad", "local"),
-             "realtime_turn_detection must be server_vad, semantic_vad or local"),
-            (self.realtime_timeout_s > 0, "realtime_timeout_s must be positive"),
-            (_STAGE_DELAYS.fullmatch(self.debug_stage_delay) is not None,
-             "debug_stage_delay must be STAGE=MS[,STAGE=MS...], stages stt, llm, tts"),
-            (self.log_format in ("text", "json"), "log_format must be text or json"),
-            (0 <= self.audio_api_port < 65536, "audio_api_port must be 0-65535"),
-            (not self.audio_api_port or not (self.stt_url or self.tts_url),
-             "audio_api_port serves the local models: not with stt_url or tts_url"),
-            (self.remote_timeout_s > 0, "remote_timeout_s must be positive"),
-            (self.denoiser in ("none", "rnnoise"), "denoiser must be none or rnnoise"),
-            (1 <= self.stt_beam_size <= 16, "stt_beam_size must be 1-16"),
-            (1 <= self.telephone_stt_beam_size <= 16, "telephone_stt_beam_size must be 1-16"),
-            (0 <= self.stt_final_beam_size <= 16, "stt_final_beam_size must be 0 (none) or 1-16"),
-            (self.drain_timeout_s >= 0, "drain_timeout_s must be 0 or more"),
-            (self.realtime_fallback in ("cascade", "hangup"),
-             "realtime_fallback must be cascade or hangup"),
-            (self.llm_first_token_timeout_s > 0, "llm_first_token_timeout_s must be positive"),
-            (self.llm_reply_timeout_s > 0, "llm_reply_timeout_s must be positive"),
-            (0 <= self.breaker_failure_ratio < 1, "breaker_failure_ratio must be 0-1"),
-            (self.breaker_min_failures >= 1, "breaker_min_failures must be at least 1"),
-            (0 < self.breaker_open_s <= self.breaker_max_open_s and self.breaker_window_s > 0,
-             "breaker_open_s must be positive and at most breaker_max_open_s"),
-        ]
-        for ok, message in [*checks, *self._assistant_checks()]:
-            if not ok:
-                raise ConfigError(message)
-        self._validate_access()
-
-    def _assistant_checks(self) -> list[tuple[bool, str]]:
-        """The LLM, its tools and what clients may change."""
-        return [
-            (self.llm in ("auto", "local", "endpoint", "echo"),
-             "llm must be auto, local, endpoint or echo"),
-            (self.llm != "endpoint" or bool(self.openai_base_url or self.openai_api_key),
-             "llm endpoint needs OPENAI_BASE_URL or OPENAI_API_KEY"),
-            (1 <= self.local_llm_threads <= 64, "local_llm_threads must be 1-64"),
-            (0 < self.tool_timeout_s <= 600, "tool_timeout_s must be 0-600"),
-            (self.llm_history_tokens >= 100, "llm_history_tokens must be at least 100"),
-            (all(f.strip() in CLIENT_SETTINGS
-                 for f in self.client_settings.split(",") if f.strip()),
-             f"client_settings: choose among {', '.join(CLIENT_SETTINGS)}"),
-            (0 <= self.tool_filler_ms <= 60000, "tool_filler_ms must be 0-60000"),
-            (0 <= self.max_tool_rounds <= 10, "max_tool_rounds must be 0-10"),
-            (all(t.strip() in CALL_TOOLS for t in self.call_tools.split(",") if t.strip()),
-             f"call_tools: choose among {', '.join(CALL_TOOLS)}"),
-            ("transfer_call" not in self.call_tools or self.transfer_target.startswith(
-                ("sip:", "sips:", "tel:")), "transfer_call needs transfer_target, a SIP URI"),
-            (256 <= self.local_llm_context <= 131072, "local_llm_context must be 256-131072"),
-        ]
-
-    def _validate_access(self) -> None:
-        if not 10 <= self.client_secret_ttl_s <= 7200:
-            raise ConfigError("client_secret_ttl_s must be 10-7200")
-        open_to_others = self.host not in ("localhost", "::1") and \
-            not self.host.startswith("127.")
-        if open_to_others and not (self.api_keys or self.api_keys_file) and \
-                not self.insecure_no_auth:
-            raise ConfigError(
-                f"refusing to serve {self.host} with no API keys: anyone who reaches it "
-                "could open sessions and spend your models. Set keys with --api-keys "
-                "KEY1,KEY2 (or VOICE_API_KEYS, or --api-keys-file FILE), bind 127.0.0.1, "
-                "or pass --insecure-no-auth if a gateway in front authenticates callers "
-                "(docs/security.md)")
+        validate(self)  # voice/settings_checks.py
 
     def redacted(self) -> dict[str, Any]:
         """Settings for logs: secrets replaced by a marker."""
@@ -478,7 +380,6 @@ class Settings:
         return "\n".join(rows)
 
 
-_STAGE_DELAYS = re.compile(r"(|(stt|llm|tts)=\d+(\.\d+)?(,(stt|llm|tts)=\d+(\.\d+)?)*)")
 
 
 def boolean(raw: str) -> bool:
