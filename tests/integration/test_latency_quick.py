@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_BASELINE = ROOT / "latency_tests" / "baselines" / "quick-ws-cascade.json"
 CI_MULTIPLE = "3"
-DELAY_CLIPS = "q_paris,q_train,q_roast,c_time"  # clean; none pauses inside
+DELAY_CLIPS = "c_music,c_call,c_volume,c_time"  # clean, short; none pauses inside
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
