@@ -75,24 +75,27 @@ class SpeakerphoneCaller:
 
 async def test_the_replys_own_echo_interrupts_nothing_over_20_replies(
         service: RunningService, fresh_llm: LLMServer) -> None:
+    """Five speakerphone callers at once, each with its own echo delay, four turns each."""
     fresh_llm.behaviour.reply = REPLY
     question = load_audio(str(DATA / "weather.wav"), RATE)
-    replies = 0
-    for delay_ms in (100, 150, 200, 125, 175):
+
+    async def call(delay_ms: int) -> int:
         async with VoiceClient(service.url) as client:
             caller = SpeakerphoneCaller(client, delay_ms)
             for turn in range(1, 5):
                 await caller.send(0.3)
                 await caller.send(0, question)
                 await caller.until("response.done", turn)
-            replies += len(client.events_of("response.done"))
-            assert client.events_of("response.interrupted") == [], delay_ms
-            # nothing the echo said reached the model: one answered turn per question
-            # (a rare echo onset that slips through is judged noise and the reply
-            # resumes: not a barge-in)
-            heard = [e["text"] for e in client.events_of("transcript.final")]
-            assert len(heard) == 4 and all("weather" in h.lower() for h in heard), heard
-    assert replies == 20
+        assert client.events_of("response.interrupted") == [], delay_ms
+        # nothing the echo said reached the model: one answered turn per question
+        # (a rare echo onset that slips through is judged noise and the reply
+        # resumes: not a barge-in)
+        heard = [e["text"] for e in client.events_of("transcript.final")]
+        assert len(heard) == 4 and all("weather" in h.lower() for h in heard), (delay_ms, heard)
+        return len(client.events_of("response.done"))
+
+    replies = await asyncio.gather(*(call(delay_ms) for delay_ms in (100, 150, 200, 125, 175)))
+    assert sum(replies) == 20, replies
 
 
 async def test_words_over_the_echo_still_interrupt_within_150_ms(
