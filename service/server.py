@@ -390,6 +390,7 @@ class Service:
             await self.sip.stop()
         if self.audio_api is not None:
             await self.audio_api.stop()
+        await self.media_streams.close()
         await self._server.wait_closed()
         if self._recording:  # the records of the sessions just closed
             await asyncio.wait(set(self._recording), timeout=5)

@@ -318,6 +318,14 @@ class Settings:
                                         "(wss://voice.example.com), the one Twilio signs; "
                                         "empty: wss:// and the request's Host header.",
                                         shown="(Host header)")
+    telnyx_api_key: str = _opt("", "Telnyx API key (v2): when set, a /telnyx call the "
+                               "service ends (end_call, the hang-up digit, the time limit, "
+                               "a drain) is also hung up through Call Control; empty: only "
+                               "the stream closes and your application ends the call.",
+                               secret=True, shown="(none)")
+    telnyx_api_url: str = _opt("https://api.telnyx.com/v2", "Telnyx API base URL for "
+                               "--telnyx-api-key.")
+
     @classmethod
     def env_name(cls, f: dataclasses.Field[Any]) -> str:
         return str(f.metadata.get("env") or f"VOICE_{f.name.upper()}")

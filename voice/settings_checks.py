@@ -51,6 +51,8 @@ def _service_checks(s: Any) -> Checks:
          "record_calls needs call_records_dir (the recordings go beside the records)"),
         (not s.call_records_url or s.call_records_url.startswith(
             ("http://", "https://")), "call_records_url must be an http(s) URL"),
+        (s.telnyx_api_url.startswith(("http://", "https://")),
+         "telnyx_api_url must be an http(s) URL"),
         (s.realtime_api_idle_timeout_s > 0, "realtime_api_idle_timeout_s must be > 0"),
         (s.llm_timeout_s > 0, "llm_timeout_s must be positive"),
         (0 <= s.sip_port < 65536, "sip_port must be 0-65535"),

@@ -6,14 +6,16 @@ comes back at real time, as the provider's buffer does, echoing marks and obeyin
 produces a `clear` and the reply stops, with the truncation counting what the
 provider had buffered; malformed frames get typed errors and end nothing else. The
 service requires Twilio's signature and a key for Telnyx, so every test crosses the
-door as a provider would."""
+door as a provider would. A Telnyx call the service ends is hung up through Call
+Control (a stand-in for the API, tests/telnyx_api.py); one the caller ends is not."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import pytest_asyncio
 from websockets.exceptions import InvalidStatus
 
 from clients.audiofile import load_audio
@@ -23,20 +25,30 @@ from pipelines.providers.stt import WhisperSTT
 from tests.conftest import word_recall
 from tests.e2e.conftest import RunningService, start_service, stop_service, transcribe_back
 from tests.e2e.test_cascade_ws import LONG_REPLY
+from tests.telnyx_api import TelnyxApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
 API_KEY = "telnyx-stream-key-123"
+TELNYX_API_KEY = "KEY-telnyx-call-control-456"
 PROVIDER_BUFFER_MS = 400  # how long the simulated provider holds audio before playing it
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def telnyx_api() -> AsyncIterator[TelnyxApi]:
+    api = await TelnyxApi(TELNYX_API_KEY).start()
+    yield api
+    await api.stop()
+
+
 @pytest.fixture(scope="module")
-def streams_service(llm: LLMServer, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[RunningService]:
+def streams_service(llm: LLMServer, telnyx_api: TelnyxApi,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     running = start_service(tmp_path_factory.mktemp("media-streams"), {
         "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "test-key-123",
         "VOICE_API_KEYS": API_KEY, "VOICE_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "VOICE_TELNYX_API_KEY": TELNYX_API_KEY, "VOICE_TELNYX_API_URL": telnyx_api.url,
         "VOICE_IDLE_TIMEOUT_S": "10"}, name="media-streams")
     yield running
     stop_service(running)
@@ -171,3 +183,30 @@ async def test_the_door_wants_twilios_signature_and_telnyx_a_key(
     with pytest.raises(InvalidStatus) as refused:
         await by_path.connect()
     assert refused.value.response.status_code == 403
+
+
+async def test_a_telnyx_call_the_service_ends_is_hung_up_through_call_control(
+        streams_service: RunningService, telnyx_api: TelnyxApi, whisper: WhisperSTT) -> None:
+    before = len(telnyx_api.requests)
+    left = caller(streams_service, "telnyx")  # the caller hangs up: nothing to do
+    await left.connect()
+    await left.stream_silence(0.3)
+    await left.close()
+    client = caller(streams_service, "telnyx")
+    await client.connect()
+    try:
+        await client.stream_silence(0.3)
+        await client.press("0")  # the hang-up digit: a goodbye, then the service ends it
+        await until(client, lambda: client.closed)
+    finally:
+        await client.close()
+    await telnyx_api.wait_for_requests(before + 1)
+    await asyncio.sleep(0.3)  # nothing more comes
+    (request,) = telnyx_api.requests[before:]
+    assert request.call_control_id == "v3:" + client.call_id, request
+    assert request.authorization == f"Bearer {TELNYX_API_KEY}" and request.status == 200
+    assert str(request.body["command_id"]).endswith("-hangup"), request
+    assert client.close_code == 1000
+    heard = transcribe_back(whisper, client.reply_audio(), client.sample_rate)
+    assert word_recall("connecting you to a person goodbye", heard) >= 0.6, heard
+    assert "hung up through Call Control" in streams_service.log()

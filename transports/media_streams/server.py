@@ -10,7 +10,8 @@ heard; `stop` ends the session. A malformed frame is logged and answered with an
 a frame over `max_message_bytes` ends it (close 1009). Reply audio goes out through
 `MarkedPlayout` (media, marks, and `clear` on barge-in) and one writer task; hanging
 up closes the WebSocket, which ends the provider's `<Connect>` (Twilio goes on to the
-next TwiML verb; with none the call ends). Session events go out only to a client
+next TwiML verb; with none the call ends); with `--telnyx-api-key` a Telnyx call is
+also hung up through Call Control (`call_control.py`). Session events go out only to a client
 that asked with the custom parameter `voice_events=json` (test and bench clients:
 neither provider knows them).
 """
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from transports.media_streams.call_control import CallControl
 from transports.media_streams.playout import MarkedPlayout
 from voice.audio import Int16Array, pcm16_bytes_to_array
 from voice.clock import Clock
@@ -92,6 +94,13 @@ class MediaStreamTransport:
         self._pipelines = pipelines
         self._clock = clock
         self.sessions: dict[str, ServerConnection] = {}
+        self.call_control = (CallControl(settings.telnyx_api_key, settings.telnyx_api_url)
+                             if settings.telnyx_api_key else None)
+
+    async def close(self) -> None:
+        """Waits for the Telnyx hang-ups still under way."""
+        if self.call_control is not None:
+            await self.call_control.close()
 
     async def handle(self, ws: ServerConnection, provider: str) -> None:
         try:
@@ -109,6 +118,9 @@ class MediaStreamTransport:
         stream = _Stream(ws, provider, started)
 
         async def hang_up(reason: str) -> None:
+            if self.call_control is not None and provider == "telnyx" and started.call_id:
+                # its own task: this one ends as the stream closes
+                self.call_control.hang_up(started.call_id, f"{session.id}-hangup")
             await _flush_and_close(stream, session, CLOSE_NORMAL, reason[:120])
 
         session = Session(wire.SAMPLE_RATE, stream.send_event, _never, self._clock,
