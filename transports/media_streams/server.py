@@ -116,22 +116,7 @@ class MediaStreamTransport:
                            else CLOSE_PROTOCOL, exc.message[:120])
             return
         stream = _Stream(ws, provider, started)
-
-        async def hang_up(reason: str) -> None:
-            if self.call_control is not None and provider == "telnyx" and started.call_id:
-                # its own task: this one ends as the stream closes
-                self.call_control.hang_up(started.call_id, f"{session.id}-hangup")
-            await _flush_and_close(stream, session, CLOSE_NORMAL, reason[:120])
-
-        session = Session(wire.SAMPLE_RATE, stream.send_event, _never, self._clock,
-                          self._settings.playout_lead_ms, hangup=hang_up)
-        session.playout = MarkedPlayout(stream, wire.SAMPLE_RATE, self._clock,
-                                        self._settings.playout_lead_ms)
-        self.sessions[session.id] = ws
-        log.info("session %s opened: %s stream %s, call %s (%s, %s)", session.id, provider,
-                 started.stream_id[:40], started.call_id[:40], started.encoding, name)
-        session.emit(SessionCreated(session_id=session.id, sample_rate=wire.SAMPLE_RATE,
-                                    pipeline=name))
+        session = self._open_session(stream, name)
         try:
             async with asyncio.TaskGroup() as tg:
                 running = tg.create_task(session.run(factory), name=f"{session.id}-session")
@@ -155,6 +140,27 @@ class MediaStreamTransport:
             log.info("session %s closed (%s): marks %d sent, %d echoed, %d clears",
                      session.id, ws.close_code, playout.marks_sent, playout.marks_echoed,
                      playout.clears_sent)
+
+    def _open_session(self, stream: _Stream, pipeline: str) -> Session:
+        started = stream.started
+
+        async def hang_up(reason: str) -> None:
+            if self.call_control is not None and stream.provider == "telnyx" \
+                    and started.call_id:  # its own task: this one ends as the stream closes
+                self.call_control.hang_up(started.call_id, f"{session.id}-hangup")
+            await _flush_and_close(stream, session, CLOSE_NORMAL, reason[:120])
+
+        session = Session(wire.SAMPLE_RATE, stream.send_event, _never, self._clock,
+                          self._settings.playout_lead_ms, hangup=hang_up)
+        session.playout = MarkedPlayout(stream, wire.SAMPLE_RATE, self._clock,
+                                        self._settings.playout_lead_ms)
+        self.sessions[session.id] = stream.ws
+        log.info("session %s opened: %s stream %s, call %s (%s, %s)", session.id,
+                 stream.provider, started.stream_id[:40], started.call_id[:40],
+                 started.encoding, pipeline)
+        session.emit(SessionCreated(session_id=session.id, sample_rate=wire.SAMPLE_RATE,
+                                    pipeline=pipeline))
+        return session
 
     async def _wait_start(self, ws: ServerConnection, provider: str) -> wire.StreamStarted:
         """`connected` (optional) then `start`; anything else first is refused."""
